@@ -1,0 +1,84 @@
+"""What a batch is, in one place, so the engine never assumes `(x, y)` tuples or 2-D logits.
+
+A batch is either
+- a tuple/list `(inputs, labels)` or `(inputs,)` — what a user's `TensorDataset` gives, or
+- a dict of tensors: model inputs plus the reserved keys `labels` (targets, -100 = unlabelled) and `index`
+  (position of each example in its dataset; teacher caches look outputs up by it). The key `inputs` holds a
+  positional input (`model(inputs)`); every other key is a keyword argument (`model(input_ids=..., ...)`), which is
+  what Hugging Face tokenised batches give. Our datasets yield `{"inputs", "labels", "index"}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+RESERVED_KEYS = ("labels", "index")
+
+
+def inputs_of(batch: Any) -> Any:
+    """Model inputs of a batch: a tensor, or a dict of tensors passed as keyword arguments."""
+    if isinstance(batch, Mapping):
+        return {k: v for k, v in batch.items() if k not in RESERVED_KEYS}
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    return batch
+
+
+def labels_of(batch: Any) -> torch.Tensor | None:
+    """Targets of a batch, or None for an unlabelled batch."""
+    if isinstance(batch, Mapping):
+        return batch.get("labels")
+    if isinstance(batch, (tuple, list)) and len(batch) > 1:
+        return batch[1]
+    return None
+
+
+def index_of(batch: Any) -> torch.Tensor | None:
+    """Dataset positions of the batch's examples, when the dataset provides them."""
+    return batch.get("index") if isinstance(batch, Mapping) else None
+
+
+def batch_size_of(batch: Any) -> int:
+    x = inputs_of(batch)
+    if isinstance(x, Mapping):
+        x = x["inputs"] if "inputs" in x else next(iter(x.values()))
+    return int(x.shape[0])
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """Logits from a model's output: a tensor, an HF `ModelOutput` with `.logits`, or a tuple whose first item is."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
+
+
+def forward_logits(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """Run `model` on batch inputs (tensor or dict of kwargs) and return its logits `(B, C)` or `(B, T, V)`."""
+    if isinstance(inputs, Mapping):
+        kwargs = dict(inputs)
+        out = model(kwargs.pop("inputs"), **kwargs) if "inputs" in kwargs else model(**kwargs)
+    else:
+        out = model(inputs)
+    return logits_of(out)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a batch to `device` (non-blocking), keeping its structure."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch

@@ -1,0 +1,105 @@
+"""Command line: thin wrappers over the library. Every user error ends in one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import DistillError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Knowledge distillation: teacher -> small student.")
+console = Console() if sys.stdout.isatty() else Console(width=140)
+err_console = Console(stderr=True)
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _table(run_dir: Path) -> Table:
+    from .report import load_report
+
+    report = load_report(run_dir)
+    table = Table(title=f"{run_dir.name}: test set, {report.get('dataset', {}).get('test_size', '?')} examples")
+    for col in ("model", "accuracy", "agreement", "KL→teacher", "ECE", "params", "size", "p50 ms", "p95 ms", "ex/s"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in report["models"].items():
+        table.add_row(
+            name, f"{100 * m['accuracy']:.2f}%", f"{100 * m['agreement']:.1f}%", f"{m['kl_to_teacher']:.3f}",
+            f"{m['ece']:.3f}", f"{m['params']:,}", f"{m['size_bytes'] / 1024:.1f} KiB",
+            f"{m['latency_ms_p50']:.3f}", f"{m['latency_ms_p95']:.3f}", f"{m.get('throughput_per_s', 0):,.0f}",
+        )
+    return table
+
+
+def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite: bool, progress: bool) -> None:
+    from .config import load_recipe
+    from .pipeline import run_recipe
+    from .report import load_report, verdict
+
+    started = time.perf_counter()
+    recipe = load_recipe(recipe_path, overrides)
+    run_dir = run_recipe(recipe, out, overwrite=overwrite, progress=progress)
+    console.print(_table(run_dir))
+    report = load_report(run_dir)
+    console.print(verdict(report["models"], report["dataset"]["test_size"], recipe.seed))
+    console.print(f"report: {run_dir / 'report.html'}")
+    console.print(f"wall time: {time.perf_counter() - started:.1f} s")
+
+
+@app.command()
+def demo(
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/digits)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run the default recipe (digits): teacher, student alone, student distilled, and the report."""
+    _run(RECIPES / "digits.yaml", out, [], overwrite=True, progress=progress)
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/digits.yaml"),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<name>)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set distill.temperature=8"),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run a recipe."""
+    _run(recipe, out, set_, overwrite=overwrite, progress=progress)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """(Re)build report.html from a run directory's artifacts and print its table."""
+    from .report import render
+
+    path = render(run_dir)
+    console.print(_table(run_dir))
+    console.print(f"report: {path}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: one clear line and exit 2 for every user error; no tracebacks."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except DistillError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code not in (0,) else 0)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

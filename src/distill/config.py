@@ -1,0 +1,168 @@
+"""Recipes: YAML validated by pydantic (unknown keys rejected), with dotted overrides `--set distill.temperature=8`.
+
+A recipe has the sections `name, seed, data, teacher, student, distill, train, eval`. Models and datasets are named by
+registry name or by `package.module:function`; nothing in YAML executes code (only `yaml.safe_load`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import DistillError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    name: str = "digits"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    num_classes: int | None = Field(default=None, ge=2)
+    batch_size: int = Field(default=64, ge=1)
+    eval_batch_size: int = Field(default=512, ge=1)
+    labelled_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    num_workers: int = Field(default=0, ge=0)
+
+
+class ModelConfig(Strict):
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TeacherConfig(ModelConfig):
+    weights: str | None = None  # safetensors (ours) or a third-party .pth/.bin read with weights_only=True
+    epochs: int | None = Field(default=None, ge=1)  # training the teacher; default: train.epochs
+    lr: float | None = Field(default=None, gt=0)
+
+
+class DistillConfig(Strict):
+    method: str = "kd"
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.9, ge=0.0, le=1.0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _method_and_options(self) -> DistillConfig:
+        from .methods import METHODS
+
+        cls = METHODS.get(self.method)  # raises DistillError listing the registry
+        try:
+            cls.Options(**self.options)
+        except ValidationError as exc:
+            raise DistillError(f"distill.options for method {self.method!r}: {_one_line(exc)}") from None
+        return self
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(default=20, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(default=0, ge=0)
+    grad_clip: float | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)  # cap per phase, for smoke runs
+    log_every: int = Field(default=10, ge=1)
+    max_nonfinite: int = Field(default=10, ge=1)  # abort after this many consecutive skipped steps
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    checkpoint_every: int | None = Field(default=None, ge=1)
+
+
+class EvalConfig(Strict):
+    latency_runs: int = Field(default=200, ge=1)
+    latency_warmup: int = Field(default=20, ge=0)
+    threads: int = Field(default=1, ge=1)
+    explorer_examples: int = Field(default=4, ge=1, le=16)
+    temperatures: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 20.0])
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if not v or any(t <= 0 for t in v):
+            raise ValueError("temperatures must be a non-empty list of values > 0")
+        return v
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig
+    student: ModelConfig
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "recipe"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (remove it or check its spelling)"
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def apply_override(doc: dict[str, Any], assignment: str) -> None:
+    """Apply `a.b.c=value` to a nested dict in place; the value is parsed as YAML (`8` -> int, `[1,2]` -> list)."""
+    if "=" not in assignment:
+        raise DistillError(f"--set {assignment!r} needs the form key.path=value, e.g. distill.temperature=8")
+    path, raw = assignment.split("=", 1)
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise DistillError(f"--set {assignment!r} has an empty key; write e.g. distill.temperature=8")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = doc
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise DistillError(f"--set {assignment!r}: {k!r} is not a section; check the key path")
+        node = child
+    node[keys[-1]] = value
+
+
+def validate(doc: Any, *, source: str = "recipe") -> Recipe:
+    """Validate a recipe document, turning every problem into one `DistillError` line."""
+    if not isinstance(doc, dict):
+        raise DistillError(f"{source} must be a YAML mapping with sections name, data, teacher, student, distill, train")
+    try:
+        return Recipe.model_validate(doc)
+    except ValidationError as exc:
+        raise DistillError(f"invalid {source}: {_one_line(exc)}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply `--set` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"recipe file {str(path)!r} not found; pass the path of a YAML recipe (see recipes/)")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise DistillError(f"recipe {str(path)!r} is not valid YAML{where}; fix its syntax") from None
+    if doc is None:
+        doc = {}
+    if isinstance(doc, dict):
+        for assignment in overrides or []:
+            apply_override(doc, assignment)
+    return validate(doc, source=f"recipe {path.name}")
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (every default written out), saved next to the weights of every run."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,142 @@
+"""Datasets: built-in real datasets behind a registry, or a user factory `package.module:function`.
+
+Every dataset is wrapped by `Indexed`, so each example is a dict `{"inputs": x, "labels": y, "index": i}` (a dataset
+that already yields dicts keeps its keys and gains `index`). `index` lets a teacher cache look outputs up; a label of
+-100 marks an unlabelled example (it gets only the soft loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DistillError
+from ..imports import is_import_path, resolve
+from ..losses import IGNORE_INDEX
+from ..registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+register_dataset = DATASETS.register
+
+
+class Indexed(Dataset):
+    """Wraps a dataset so items are dicts with `inputs`, `labels`, `index`; labels of `unlabelled` rows become -100."""
+
+    def __init__(self, base: Dataset, unlabelled: set[int] | None = None) -> None:
+        self.base = base
+        self.unlabelled = unlabelled or set()
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.base[i]
+        if isinstance(item, Mapping):
+            out = dict(item)
+        elif isinstance(item, (tuple, list)):
+            out = {"inputs": item[0]}
+            if len(item) > 1:
+                out["labels"] = torch.as_tensor(item[1])
+        else:
+            out = {"inputs": item}
+        if i in self.unlabelled and "labels" in out:
+            out["labels"] = torch.tensor(IGNORE_INDEX)
+        out["index"] = torch.tensor(i)
+        return out
+
+
+@dataclass
+class DataBundle:
+    """Train/val/test splits plus what models need to know about them."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def teacher_train(self) -> Dataset:
+        """The training set with every label: the teacher stands in for a model trained elsewhere on labelled data,
+        so `labelled_fraction` limits only what the students see."""
+        return Indexed(self.train.base) if isinstance(self.train, Indexed) else self.train
+
+
+def _label(item: Any) -> int | None:
+    if isinstance(item, Mapping):
+        y = item.get("labels")
+    elif isinstance(item, (tuple, list)) and len(item) > 1:
+        y = item[1]
+    else:
+        return None
+    return None if y is None else int(torch.as_tensor(y).reshape(-1)[0])
+
+
+def _inputs_shape(item: Any) -> tuple[int, ...]:
+    x = item.get("inputs") if isinstance(item, Mapping) else (item[0] if isinstance(item, (tuple, list)) else item)
+    return tuple(torch.as_tensor(x).shape) if x is not None else ()
+
+
+def load_data(
+    name: str,
+    *,
+    kwargs: dict[str, Any] | None = None,
+    num_classes: int | None = None,
+    labelled_fraction: float = 1.0,
+    seed: int = 0,
+) -> DataBundle:
+    """Load a built-in dataset by name, or call a user factory that returns `(train, val, test)` datasets.
+
+    `labelled_fraction < 1` keeps labels on that fraction of the training set (chosen with `seed`) and marks the rest
+    unlabelled: the transfer-set setting where the teacher's soft targets are the only signal for most examples.
+    """
+    kwargs = dict(kwargs or {})
+    if is_import_path(name):
+        factory = resolve(name)
+        try:
+            result = factory(**kwargs)
+        except TypeError as exc:
+            raise DistillError(f"data factory {name!r} rejected its kwargs ({exc}); fix data.kwargs") from None
+        if isinstance(result, Mapping):
+            result = (result.get("train"), result.get("val"), result.get("test"))
+        if not (isinstance(result, (tuple, list)) and len(result) == 3 and all(d is not None for d in result)):
+            raise DistillError(f"data factory {name!r} must return (train, val, test) datasets")
+        train, val, test = result
+        names: list[str] = []
+    else:
+        bundle = DATASETS.get(name)(seed=seed, **kwargs)
+        train, val, test, names = bundle.train, bundle.val, bundle.test, bundle.class_names
+        num_classes = num_classes or bundle.num_classes
+    for split, ds in (("train", train), ("val", val), ("test", test)):
+        if len(ds) == 0:
+            raise DistillError(f"the {split} split of dataset {name!r} is empty; give it at least one example")
+    first = train[0]
+    if num_classes is None:
+        labels = [_label(train[i]) for i in range(len(train))]
+        if any(y is None for y in labels):
+            raise DistillError(f"cannot infer the class count of {name!r}; set data.num_classes in the recipe")
+        num_classes = max(labels) + 1  # type: ignore[type-var]
+    unlabelled: set[int] = set()
+    if labelled_fraction < 1.0:
+        rng = np.random.default_rng(seed)
+        n_keep = max(1, int(round(labelled_fraction * len(train))))
+        unlabelled = set(rng.permutation(len(train))[n_keep:].tolist())
+    return DataBundle(
+        train=Indexed(train, unlabelled),
+        val=Indexed(val),
+        test=Indexed(test),
+        num_classes=int(num_classes),
+        input_shape=_inputs_shape(first),
+        class_names=list(names),
+    )
+
+
+from . import digits  # noqa: E402,F401  (fill the registry)
+
+__all__ = ["DATASETS", "DataBundle", "Indexed", "load_data", "register_dataset"]

@@ -1,0 +1,140 @@
+"""Evaluation: predictions, classification metrics against labels *and* against the teacher, size and speed.
+
+All numbers the report shows are computed here and written to `report.json`; the report never runs a model.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..batch import forward_logits, inputs_of, labels_of, to_device
+from ..losses import IGNORE_INDEX
+from .io import state_bytes
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits `(N, C)` float32 and labels `(N,)` (-100 where unlabelled) on CPU, model in eval mode (mode restored)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    all_logits, all_labels = [], []
+    try:
+        for batch in loader:
+            batch = to_device(batch, device)
+            logits = forward_logits(model, inputs_of(batch)).float().cpu()
+            labels = labels_of(batch)
+            all_logits.append(logits)
+            all_labels.append(
+                labels.cpu() if labels is not None else torch.full((logits.shape[0],), IGNORE_INDEX, dtype=torch.long)
+            )
+    finally:
+        model.train(was_training)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error (equal-width confidence bins, Guo et al. 2017) and the per-bin table."""
+    conf, pred = probs.max(-1)
+    correct = (pred == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    table = {"bin_lower": [], "bin_upper": [], "confidence": [], "accuracy": [], "count": []}
+    ece = 0.0
+    n = max(1, len(labels))
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        count = int(in_bin.sum())
+        acc = float(correct[in_bin].mean()) if count else 0.0
+        avg_conf = float(conf[in_bin].mean()) if count else 0.0
+        ece += count / n * abs(acc - avg_conf)
+        for key, val in zip(table, (float(lo), float(hi), avg_conf, acc, count)):
+            table[key].append(val)
+    return {"ece": ece, "table": table}
+
+
+def classification_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """accuracy, nll, ece (+ reliability table), and when a teacher is given: agreement (top-1) and kl_to_teacher.
+
+    `kl_to_teacher` is mean over examples of KL(softmax(teacher) || softmax(model)) at T = 1, in nats.
+    Rows labelled -100 count for teacher metrics but not for label metrics.
+    """
+    logits = logits.float()
+    labelled = labels != IGNORE_INDEX
+    out: dict[str, Any] = {}
+    if bool(labelled.any()):
+        lg, lb = logits[labelled], labels[labelled]
+        out["accuracy"] = float((lg.argmax(-1) == lb).float().mean())
+        out["nll"] = float(F.cross_entropy(lg, lb))
+        rel = reliability(lg.softmax(-1), lb)
+        out["ece"] = rel["ece"]
+        out["reliability"] = rel["table"]
+    if teacher_logits is not None:
+        t = teacher_logits.float()
+        out["agreement"] = float((logits.argmax(-1) == t.argmax(-1)).float().mean())
+        log_p, log_q = t.log_softmax(-1), logits.log_softmax(-1)
+        out["kl_to_teacher"] = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    return out
+
+
+def _timed_runs(fn, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+@torch.inference_mode()
+def speed(
+    model: nn.Module,
+    example: Any,
+    *,
+    threads: int = 1,
+    warmup: int = 20,
+    runs: int = 200,
+    throughput_batch: Any | None = None,
+) -> dict[str, float]:
+    """Latency at batch 1 (p50/p95 in ms over `runs` timed calls after `warmup`) and throughput (examples/s) on
+    `throughput_batch`, CPU, with `torch.set_num_threads(threads)` for the measurement (restored afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    was_training = model.training
+    model.eval()
+    try:
+        call = lambda x: forward_logits(model, x)  # noqa: E731
+        for _ in range(warmup):
+            call(example)
+        times = np.array(_timed_runs(lambda: call(example), runs)) * 1000.0
+        out = {"latency_ms_p50": float(np.percentile(times, 50)), "latency_ms_p95": float(np.percentile(times, 95))}
+        if throughput_batch is not None:
+            n = _first_dim(throughput_batch)
+            call(throughput_batch)
+            reps = max(3, min(20, runs // 10))
+            t = statistics.median(_timed_runs(lambda: call(throughput_batch), reps))
+            out["throughput_per_s"] = n / t
+    finally:
+        torch.set_num_threads(previous)
+        model.train(was_training)
+    return out
+
+
+def _first_dim(x: Any) -> int:
+    if isinstance(x, dict):
+        x = x["inputs"] if "inputs" in x else next(iter(x.values()))
+    return int(x.shape[0])
+
+
+def model_size(model: nn.Module) -> dict[str, int]:
+    """`params` (count) and `size_bytes` (its safetensors serialisation)."""
+    return {"params": sum(p.numel() for p in model.parameters()), "size_bytes": len(state_bytes(model))}

@@ -1,0 +1,108 @@
+"""Logit-level distillation losses: pure tensor functions, float32 math, no modules.
+
+Shapes: logits are `(..., C)` — `(B, C)` for classifiers, `(B, T, V)` for language models. A "row" is one position
+of the leading dimensions; `mask` (same leading shape, bool) keeps rows, and losses average over kept rows.
+
+Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network":
+    loss = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(softmax(z_s), y)
+The teacher distribution is the KL's *target* p (first argument); the student is q. T^2 keeps the soft-gradient
+magnitude independent of T (d/dz_s of the soft term scales as 1/T^2 for large T). The hard term uses the
+un-tempered student (T = 1): it is the ordinary training loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "differ in shape; teacher and student must predict the same classes"
+        )
+
+
+def _mean_rows(per_row: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Average a per-row loss `(...)` over rows kept by `mask`; 0 (with a graph) when no row is kept."""
+    if mask is None:
+        return per_row.mean()
+    mask = mask.to(per_row.device, torch.bool)
+    kept = mask.sum()
+    return (per_row * mask).sum() / kept.clamp(min=1)
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Soft-target loss `T^2 * mean_rows KL(softmax(teacher/T) || softmax(student/T))`.
+
+    KL is summed over classes and averaged over rows ("batchmean"), never averaged over classes.
+    Args: logits `(..., C)`; `mask` `(...)` bool, True = row counts. Returns a scalar float32 tensor.
+    Gradient flows to `student_logits` only (the teacher's logits are detached).
+    """
+    _check(student_logits, teacher_logits, temperature)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)  # student, (..., C)
+    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)  # teacher = target
+    per_row = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(p || q) per row, (...)
+    return temperature**2 * _mean_rows(per_row, mask)
+
+
+def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the un-tempered student, averaged over labelled rows (label != -100); 0 if none are."""
+    logits = student_logits.float().reshape(-1, student_logits.shape[-1])
+    labels = labels.reshape(-1).to(logits.device)
+    labelled = labels != IGNORE_INDEX
+    if not bool(labelled.any()):
+        return logits.sum() * 0.0  # keeps the graph, contributes nothing
+    return F.cross_entropy(logits[labelled], labels[labelled].long())
+
+
+def hinton_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """`alpha * kd_loss(T) + (1 - alpha) * CE(student, labels)` (Hinton et al. 2015).
+
+    Unlabelled rows (label -100, or `labels=None`) still get the soft term; the hard term averages over labelled rows.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    soft = kd_loss(student_logits, teacher_logits, temperature=temperature)
+    if labels is None or alpha == 1.0:
+        return alpha * soft + (1 - alpha) * (student_logits.float().sum() * 0.0)
+    return alpha * soft + (1 - alpha) * hard_loss(student_logits, labels)
+
+
+def binary_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-class Bernoulli KD for sigmoid (multi-label) teachers.
+
+    `T^2 * mean_rows sum_classes KL(Bern(sigmoid(t/T)) || Bern(sigmoid(s/T)))`, computed with log-sigmoid for
+    stability. Logits `(..., C)`; returns a scalar float32 tensor.
+    """
+    _check(student_logits, teacher_logits, temperature)
+    s = student_logits.float() / temperature
+    t = teacher_logits.detach().float() / temperature
+    log_p1, log_p0 = F.logsigmoid(t), F.logsigmoid(-t)  # teacher log p, log (1-p)
+    log_q1, log_q0 = F.logsigmoid(s), F.logsigmoid(-s)
+    per_class = log_p1.exp() * (log_p1 - log_q1) + log_p0.exp() * (log_p0 - log_q0)
+    return temperature**2 * _mean_rows(per_class.sum(-1), mask)

@@ -1,0 +1,25 @@
+"""The student trained alone: cross-entropy on labels, no teacher. The baseline every method is compared with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..batch import forward_logits, inputs_of, labels_of
+from ..errors import DistillError
+from ..losses import hard_loss
+from . import Method, register_method
+
+
+@register_method("scratch")
+class Scratch(Method):
+    needs_teacher = False
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        labels = labels_of(batch)
+        if labels is None:
+            raise DistillError("training without a teacher needs labelled data; give the dataset labels")
+        logits = forward_logits(self.student, inputs_of(batch))  # (B, C)
+        loss = hard_loss(logits, labels)
+        return {"loss": loss, "hard": loss.detach()}

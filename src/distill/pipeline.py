@@ -1,0 +1,248 @@
+"""A run, end to end: teacher (trained or loaded) -> student alone -> student distilled -> evaluate -> report.
+
+Everything a user can get wrong is checked *before* the run directory is created (recipe, data, models, class
+counts, weights). The run directory is the contract with everything after it:
+`runs/<name>/{config.yaml, status.json, metrics.jsonl, checkpoints/, student.safetensors, report.json, report.html,
+plots/}`; `status.json` says `complete` only once `report.json` and `report.html` exist.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .batch import forward_logits, inputs_of
+from .config import Recipe, dump_recipe
+from .data import DataBundle, load_data
+from .engine.evaluate import classification_metrics, model_size, predict, speed
+from .engine.io import load_weights, save_weights
+from .engine.loop import fit
+from .engine.metrics import MetricsLog
+from .errors import DistillError
+from .methods import METHODS, build_method
+from .models import create_model
+from .teachers import LiveTeacher, freeze
+
+
+@dataclass
+class Prepared:
+    """Everything built and checked before a run directory exists."""
+
+    recipe: Recipe
+    data: DataBundle
+    teacher: nn.Module
+    student_init: nn.Module  # the student's initial weights, shared by the scratch and distilled phases
+
+
+def _loader(ds, batch_size: int, *, shuffle: bool, seed: int, workers: int = 0) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers)
+
+
+def _example(ds, n: int = 1) -> Any:
+    return next(iter(DataLoader(ds, batch_size=n)))
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Load data and build models; check shapes and class counts on one example batch. Raises `DistillError`."""
+    set_seed(recipe.seed)
+    data = load_data(
+        recipe.data.name,
+        kwargs=recipe.data.kwargs,
+        num_classes=recipe.data.num_classes,
+        labelled_fraction=recipe.data.labelled_fraction,
+        seed=recipe.seed,
+    )
+    if recipe.data.batch_size > len(data.train):
+        raise DistillError(
+            f"data.batch_size ({recipe.data.batch_size}) is larger than the training set ({len(data.train)} examples); "
+            "lower data.batch_size"
+        )
+    kw = {"input_shape": data.input_shape, "num_classes": data.num_classes}
+    teacher = create_model(recipe.teacher.name, **kw, **recipe.teacher.kwargs)
+    if recipe.teacher.weights:
+        load_weights(teacher, recipe.teacher.weights)
+    student = create_model(recipe.student.name, **kw, **recipe.student.kwargs)
+    batch = _example(data.train, 2)
+    counts = {}
+    for role, model in (("teacher", teacher), ("student", student)):
+        model.eval()
+        try:
+            with torch.no_grad():
+                counts[role] = forward_logits(model, inputs_of(batch)).shape[-1]
+        except (RuntimeError, TypeError, ValueError) as exc:
+            msg = " ".join(str(exc).split())[:200]
+            raise DistillError(
+                f"the {role} model cannot run on {recipe.data.name!r} inputs of shape {data.input_shape} ({msg}); "
+                f"fix {role}.name/{role}.kwargs"
+            ) from None
+        model.train()
+    if counts["teacher"] != counts["student"]:
+        raise DistillError(
+            f"teacher predicts {counts['teacher']} classes but student predicts {counts['student']}; "
+            "give both models the same number of outputs"
+        )
+    if counts["student"] != data.num_classes:
+        raise DistillError(
+            f"models predict {counts['student']} classes but dataset {recipe.data.name!r} has {data.num_classes}; "
+            "set num_classes in the model kwargs or data.num_classes"
+        )
+    return Prepared(recipe, data, teacher, student)
+
+
+def _make_run_dir(out: Path, overwrite: bool) -> Path:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DistillError(f"run directory {str(out)!r} already exists; pass --overwrite or choose --out")
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints").mkdir(exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DistillError(f"cannot write the run directory {str(out)!r} ({exc.strerror}); choose a writable --out") from None
+    return out
+
+
+def _status(run_dir: Path, status: str, **extra: Any) -> None:
+    doc = {"status": status, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **extra}
+    tmp = run_dir / ".status.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(run_dir / "status.json")
+
+
+def _accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
+    trackers = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else None
+    acc = Accelerator(mixed_precision=recipe.train.mixed_precision, log_with=trackers, project_dir=str(run_dir))
+    if trackers:
+        acc.init_trackers(recipe.name)
+    return acc
+
+
+def _explorer(teacher_logits: torch.Tensor, labels: torch.Tensor, data: DataBundle, recipe: Recipe) -> dict[str, Any]:
+    """A few test examples spread from the most to the least confident teacher prediction, with their logits."""
+    n = min(recipe.eval.explorer_examples, len(labels))
+    entropy = -(teacher_logits.softmax(-1) * teacher_logits.log_softmax(-1)).sum(-1)
+    order = entropy.argsort()
+    picks = [int(order[round(i * (len(order) - 1) / max(1, n - 1))]) for i in range(n)]
+    examples = []
+    for i in picks:
+        x = data.test[i].get("inputs")
+        image = None
+        if isinstance(x, torch.Tensor) and x.ndim in (2, 3) and x.shape[-1] <= 64 and x.shape[-2] <= 64:
+            image = (x[0] if x.ndim == 3 else x).tolist()
+        examples.append({"index": i, "label": int(labels[i]), "teacher_logits": teacher_logits[i].tolist(), "image": image})
+    return {"temperatures": recipe.eval.temperatures, "class_names": data.class_names, "examples": examples}
+
+
+def run_recipe(recipe: Recipe, out: Path | None = None, *, overwrite: bool = False, progress: bool = True) -> Path:
+    """Run a whole recipe and return its run directory (with `report.html` rendered)."""
+    prepared = prepare(recipe)  # every user error surfaces here, before anything is written
+    run_dir = _make_run_dir(Path(out) if out else Path("runs") / recipe.name, overwrite)
+    (run_dir / "config.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+    _status(run_dir, "running")
+    try:
+        _train_and_evaluate(prepared, run_dir, progress)
+    except BaseException as exc:
+        _status(run_dir, "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    _status(run_dir, "complete")
+    return run_dir
+
+
+def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool) -> None:
+    from .report import render  # the report reads only artifacts; imported here to keep the engine independent
+
+    r, data = p.recipe, p.data
+    acc = _accelerator(r, run_dir)
+    log = MetricsLog(run_dir / "metrics.jsonl", acc)
+    val_loader = _loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
+
+    def val(method: nn.Module) -> dict[str, float]:
+        return {"accuracy": classification_metrics(*predict(method.student, val_loader, acc.device))["accuracy"]}
+
+    def train(name: str, method: nn.Module, **kw: Any) -> dict[str, Any]:
+        set_seed(r.seed)  # same seed, same data order, same dropout draws for every phase
+        train_set = data.teacher_train if name == "teacher" else data.train
+        loader = _loader(train_set, r.data.batch_size, shuffle=True, seed=r.seed, workers=r.data.num_workers)
+        return fit(method, loader, r.train, accelerator=acc, phase=name, log=log, evaluate=val, progress=progress, **kw)
+
+    phases: dict[str, Any] = {}
+    teacher = p.teacher
+    if r.teacher.weights is None:
+        scratch_teacher = build_method("scratch", teacher, None)
+        phases["teacher"] = train("teacher", scratch_teacher, epochs=r.teacher.epochs, lr=r.teacher.lr)
+    teacher = acc.unwrap_model(teacher)
+    save_weights(teacher, run_dir / "checkpoints" / "teacher.safetensors")
+    freeze(teacher)
+
+    students: dict[str, nn.Module] = {}
+    for name, method_name in (("scratch", "scratch"), ("distilled", r.distill.method)):
+        student = copy.deepcopy(p.student_init)
+        needs_teacher = METHODS.get(method_name).needs_teacher
+        method = build_method(
+            method_name,
+            student,
+            LiveTeacher(teacher) if needs_teacher else None,
+            temperature=r.distill.temperature,
+            alpha=r.distill.alpha,
+            options=r.distill.options if name == "distilled" else None,
+        )
+        phases[name] = train(name, method)
+        students[name] = acc.unwrap_model(method).student
+        save_weights(students[name], run_dir / "checkpoints" / f"{name}.safetensors")
+    save_weights(students["distilled"], run_dir / "student.safetensors")
+
+    if acc.is_main_process:
+        report = evaluate_models({"teacher": teacher, **students}, p, acc.device)
+        report["phases"] = phases
+        report["recipe"] = {"name": r.name, "seed": r.seed, "method": r.distill.method,
+                            "temperature": r.distill.temperature, "alpha": r.distill.alpha}
+        tmp = run_dir / ".report.json.tmp"
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(run_dir / "report.json")
+        render(run_dir)
+    acc.end_training()
+
+
+def evaluate_models(models: dict[str, nn.Module], p: Prepared, device: torch.device) -> dict[str, Any]:
+    """Test-set metrics, size and speed for every model variant; the first one is the reference teacher."""
+    r, data = p.recipe, p.data
+    test_loader = _loader(data.test, r.data.eval_batch_size, shuffle=False, seed=r.seed)
+    preds = {name: predict(m, test_loader, device) for name, m in models.items()}
+    teacher_logits, labels = next(iter(preds.values()))
+    one = {k: v for k, v in _example(data.test, 1).items() if k not in ("labels", "index")}
+    many = {k: v for k, v in _example(data.test, min(len(data.test), 256)).items() if k not in ("labels", "index")}
+    out: dict[str, Any] = {"models": {}, "dataset": {"name": r.data.name, "test_size": len(data.test),
+                                                     "train_size": len(data.train), "num_classes": data.num_classes}}
+    for name, model in models.items():
+        logits, _ = preds[name]
+        row = classification_metrics(logits, labels, teacher_logits)
+        row.update(model_size(model))
+        cpu_model = model.to("cpu")
+        row.update(speed(cpu_model, one, threads=r.eval.threads, warmup=r.eval.latency_warmup,
+                         runs=r.eval.latency_runs, throughput_batch=many))
+        model.to(device)
+        out["models"][name] = row
+    out["explorer"] = _explorer(teacher_logits, labels, data, r)
+    out["speed_settings"] = {"device": "cpu", "threads": r.eval.threads, "latency_runs": r.eval.latency_runs,
+                             "warmup": r.eval.latency_warmup, "batch": 1, "throughput_batch": _first(many)}
+    return out
+
+
+def _first(x: dict[str, torch.Tensor]) -> int:
+    return int(next(iter(x.values())).shape[0])

@@ -1,0 +1,80 @@
+"""The report: reads only run artifacts (`config.yaml`, `metrics.jsonl`, `report.json`) and writes `report.html`
+(one self-contained page, images inlined) and `plots/*.png`. It never imports the engine or runs a model."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import DistillError
+from ..engine.metrics import read_metrics
+from . import plots
+from .page import page
+
+
+def load_report(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "report.json"
+    if not path.is_file():
+        raise DistillError(f"{str(path)!r} not found; pass a finished run directory (made by `distill run`)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise DistillError(f"{str(path)!r} is corrupt; re-run the recipe to rebuild it") from None
+
+
+def verdict(models: dict[str, dict[str, Any]], test_size: int | None, seed: Any) -> str:
+    """One honest sentence: did distillation beat the student trained alone, by how much, and how big is noise."""
+    if "distilled" not in models or "scratch" not in models:
+        return ""
+    d, s = models["distilled"].get("accuracy"), models["scratch"].get("accuracy")
+    if d is None or s is None:
+        return ""
+    diff = 100 * (d - s)
+    unit = f" One test example is {100 / test_size:.2f} points." if test_size else ""
+    if abs(diff) < 1e-9:
+        head = f"Distillation tied the student trained alone ({100 * d:.2f}% each)"
+    elif diff > 0:
+        head = f"Distillation beat the student trained alone by {diff:+.2f} points ({100 * d:.2f}% vs {100 * s:.2f}%)"
+    else:
+        head = f"Distillation did NOT beat the student trained alone: {diff:+.2f} points ({100 * d:.2f}% vs {100 * s:.2f}%)"
+    return f"{head} on seed {seed}.{unit} A single seed is one draw; compare several before trusting a gap of a point or two."
+
+
+def _png(fig: Any, path: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plots.plt.close(fig)
+    data = buf.getvalue()
+    path.write_bytes(data)
+    return base64.b64encode(data).decode("ascii")
+
+
+def render(run_dir: str | Path) -> Path:
+    """Write `plots/*.png` and `report.html` for a run directory; returns the HTML path."""
+    run_dir = Path(run_dir)
+    report = load_report(run_dir)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    config = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").exists() else ""
+    models = report.get("models", {})
+    plot_dir = run_dir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    images = {
+        "curves": _png(plots.training_curves(records), plot_dir / "training_curves.png"),
+        "tradeoffs": _png(plots.tradeoffs(models), plot_dir / "tradeoffs.png"),
+        "reliability": _png(plots.reliability_diagrams(models), plot_dir / "reliability.png"),
+    }
+    if report.get("explorer", {}).get("examples"):
+        images["explorer"] = _png(plots.temperature_explorer(report["explorer"]), plot_dir / "temperature_explorer.png")
+    text = verdict(models, report.get("dataset", {}).get("test_size"), report.get("recipe", {}).get("seed"))
+    out = run_dir / "report.html"
+    tmp = run_dir / ".report.html.tmp"
+    tmp.write_text(page(report, images, text, html.escape(config)), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+__all__ = ["load_report", "render", "verdict"]

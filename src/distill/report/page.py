@@ -1,0 +1,111 @@
+"""The HTML of the report: one self-contained page, no scripts, images inlined as base64 PNG."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+COLUMNS = [
+    ("accuracy", "accuracy", lambda v: f"{100 * v:.2f}%"),
+    ("agreement", "agrees w/ teacher", lambda v: f"{100 * v:.1f}%"),
+    ("kl_to_teacher", "KL to teacher", lambda v: f"{v:.3f}"),
+    ("ece", "ECE", lambda v: f"{v:.3f}"),
+    ("params", "params", lambda v: f"{v:,}"),
+    ("size_bytes", "size", lambda v: human_bytes(v)),
+    ("latency_ms_p50", "latency p50", lambda v: f"{v:.3f} ms"),
+    ("latency_ms_p95", "latency p95", lambda v: f"{v:.3f} ms"),
+    ("throughput_per_s", "throughput", lambda v: f"{v:,.0f}/s"),
+]
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:.2em} .sub{color:#666;margin-top:0}
+.cards{display:flex;gap:1em;flex-wrap:wrap;margin:1.2em 0}
+.card{flex:1;min-width:180px;border:1px solid #ddd;border-radius:8px;padding:.8em 1em;background:#fafafa}
+.card .big{font-size:1.8em;font-weight:600} .card .lbl{color:#666;font-size:.9em}
+.good{color:#2a7a3b} .bad{color:#b23b3b}
+.verdict{padding:.8em 1em;border-left:5px solid #4c72b0;background:#f1f5fb;margin:1em 0}
+table{border-collapse:collapse;width:100%;font-size:.92em} th,td{padding:.4em .6em;border-bottom:1px solid #e4e4e4;text-align:right}
+th:first-child,td:first-child{text-align:left} th{background:#f4f4f4}
+img{max-width:100%} pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}
+"""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n}"
+
+
+def _table(models: dict[str, dict[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in COLUMNS)
+    rows = []
+    for name, m in models.items():
+        cells = "".join(f"<td>{fmt(m[key]) if m.get(key) is not None else '—'}</td>" for key, _, fmt in COLUMNS)
+        rows.append(f"<tr><td><b>{html.escape(name)}</b></td>{cells}</tr>")
+    return f"<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _cards(models: dict[str, dict[str, Any]]) -> str:
+    t, d = models.get("teacher"), models.get("distilled")
+    if not t or not d:
+        return ""
+    cards = []
+    if t.get("params") and d.get("params"):
+        cards.append((f"{t['params'] / d['params']:.1f}× smaller", "parameters, student vs teacher", "good"))
+    if t.get("latency_ms_p50") and d.get("latency_ms_p50"):
+        cards.append((f"{t['latency_ms_p50'] / d['latency_ms_p50']:.1f}× faster", "batch-1 latency p50", "good"))
+    if t.get("accuracy") is not None and d.get("accuracy") is not None:
+        drop = 100 * (d["accuracy"] - t["accuracy"])
+        cards.append((f"{drop:+.2f} pts", "accuracy vs teacher", "good" if drop >= 0 else "bad"))
+    s = models.get("scratch")
+    if s and s.get("accuracy") is not None and d.get("accuracy") is not None:
+        gain = 100 * (d["accuracy"] - s["accuracy"])
+        cards.append((f"{gain:+.2f} pts", "distilled vs student alone", "good" if gain > 0 else "bad"))
+    if d.get("agreement") is not None:
+        cards.append((f"{100 * d['agreement']:.1f}%", "top-1 agreement with teacher", ""))
+    return '<div class="cards">' + "".join(
+        f'<div class="card"><div class="big {c}">{html.escape(v)}</div><div class="lbl">{html.escape(lbl)}</div></div>'
+        for v, lbl, c in cards
+    ) + "</div>"
+
+
+def _img(images: dict[str, str], key: str) -> str:
+    return f'<img alt="{key}" src="data:image/png;base64,{images[key]}">' if key in images else ""
+
+
+def page(report: dict[str, Any], images: dict[str, str], verdict: str, config_escaped: str) -> str:
+    models = report.get("models", {})
+    recipe = report.get("recipe", {})
+    ds = report.get("dataset", {})
+    sp = report.get("speed_settings", {})
+    title = f"distill report — {recipe.get('name', 'run')}"
+    sub = (f"dataset {ds.get('name', '?')} ({ds.get('train_size', '?')} train / {ds.get('test_size', '?')} test) · "
+           f"method {recipe.get('method', '?')} · T={recipe.get('temperature', '?')} · alpha={recipe.get('alpha', '?')} · "
+           f"seed {recipe.get('seed', '?')}")
+    speed_note = (f"Latency: batch 1 on {sp.get('device', 'cpu')}, {sp.get('threads', '?')} thread(s), "
+                  f"{sp.get('warmup', '?')} warm-up + {sp.get('latency_runs', '?')} timed runs; throughput at batch "
+                  f"{sp.get('throughput_batch', '?')}. Agreement and KL are measured against the teacher on the test set.")
+    explorer = ""
+    if "explorer" in images:
+        explorer = f"""<h2>Why temperature?</h2>
+<p>A trained teacher is usually so confident that at T = 1 its distribution is almost one-hot: it says little more than
+the label. Dividing the logits by a temperature T &gt; 1 lifts the small probabilities — which wrong classes the
+teacher finds <i>plausible</i> — into view. That "dark knowledge" is what the student learns from the soft loss. The
+gradient of the softened loss shrinks as 1/T², which is why the soft term is multiplied by T². Rows run from the
+teacher's most confident test example to its least; H is the entropy in nats.</p>{_img(images, 'explorer')}"""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{CSS}</style></head><body>
+<h1>{html.escape(title)}</h1><p class="sub">{html.escape(sub)}</p>
+{_cards(models)}
+<div class="verdict">{html.escape(verdict)}</div>
+<h2>Models</h2>{_table(models)}<p class="sub">{html.escape(speed_note)}</p>
+<h2>What you gain and what you lose</h2>{_img(images, 'tradeoffs')}
+<h2>Training</h2>{_img(images, 'curves')}
+<h2>Calibration</h2><p>Bars: accuracy within each confidence bin; a calibrated model's bars follow the diagonal.</p>
+{_img(images, 'reliability')}
+{explorer}
+<h2>Recipe (resolved)</h2><pre>{config_escaped}</pre>
+</body></html>"""

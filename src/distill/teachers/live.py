@@ -1,0 +1,53 @@
+"""A live teacher: a frozen model run under `torch.inference_mode()` in eval mode on every batch."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..batch import forward_logits, inputs_of
+
+
+class TeacherSource(Protocol):
+    def __call__(self, batch: Any) -> torch.Tensor: ...
+
+    def to(self, device: torch.device) -> TeacherSource: ...
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: the teacher never trains and never updates BatchNorm statistics."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+class LiveTeacher:
+    """Runs a frozen teacher model on each batch. `autocast` (e.g. `torch.bfloat16`) is an approximate, faster mode."""
+
+    def __init__(self, model: nn.Module, *, autocast: torch.dtype | None = None) -> None:
+        self.model = freeze(model)
+        self.autocast = autocast
+
+    def to(self, device: torch.device) -> LiveTeacher:
+        self.model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def __call__(self, batch: Any) -> torch.Tensor:
+        self.model.eval()  # a user's code may have flipped it back to train mode
+        ctx = (
+            torch.autocast(device_type=self.device.type, dtype=self.autocast)
+            if self.autocast is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), ctx:
+            logits = forward_logits(self.model, inputs_of(batch)).float()
+        # Inference tensors cannot be saved for backward; a clone of (B, C) logits is cheap.
+        return logits.clone()
