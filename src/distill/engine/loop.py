@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
-from ..batch import batch_size_of
+from ..batch import batch_size_of, to_device
 from ..config import TrainConfig
 from ..errors import DistillError
 from .metrics import MetricsLog
@@ -85,6 +85,10 @@ def fit(
     teacher = getattr(method, "teacher", None)
     if teacher is not None:
         teacher.to(accelerator.device)  # moved, not prepared: no DDP wrapper, no optimizer state
+    method.to(accelerator.device)
+    setup = getattr(method, "setup", None)
+    if setup is not None:  # shape-dependent submodules (projectors) must exist before the optimizer
+        setup(to_device(next(iter(loader)), accelerator.device))
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise DistillError(f"phase {phase!r} has no trainable parameters; check the student model")

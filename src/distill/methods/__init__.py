@@ -47,6 +47,10 @@ class Method(nn.Module):
         self.alpha = float(alpha)
         self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
 
+    def setup(self, example_batch: Any) -> None:
+        """Called once with one example batch (on the training device) before the optimizer is built, so a method
+        can create shape-dependent submodules (projectors, memory banks). Default: nothing."""
+
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
