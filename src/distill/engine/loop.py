@@ -50,6 +50,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _peek(loader: DataLoader) -> Any:
+    """One batch without advancing the loader's shuffling generator (the data order must not depend on it)."""
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        return next(iter(loader))
+    plain = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
+    return next(iter(plain))
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -88,7 +96,7 @@ def fit(
     method.to(accelerator.device)
     setup = getattr(method, "setup", None)
     if setup is not None:  # shape-dependent submodules (projectors) must exist before the optimizer
-        setup(to_device(next(iter(loader)), accelerator.device))
+        setup(to_device(_peek(loader), accelerator.device))
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise DistillError(f"phase {phase!r} has no trainable parameters; check the student model")
