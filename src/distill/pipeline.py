@@ -13,7 +13,7 @@ import datetime as dt
 import importlib.util
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from .engine.metrics import MetricsLog
 from .errors import DistillError
 from .methods import METHODS, build_method
 from .models import create_model
-from .teachers import LiveTeacher, freeze
+from .teachers import freeze
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Prepared:
     data: DataBundle
     teacher: nn.Module
     student_init: nn.Module  # the student's initial weights, shared by the scratch and distilled phases
+    extra_teachers: list[nn.Module] = field(default_factory=list)  # further teachers a method asks for (ensemble)
 
 
 def _loader(ds, batch_size: int, *, shuffle: bool, seed: int, workers: int = 0) -> DataLoader:
@@ -75,9 +76,15 @@ def prepare(recipe: Recipe) -> Prepared:
     if recipe.teacher.weights:
         load_weights(teacher, recipe.teacher.weights)
     student = create_model(recipe.student.name, **kw, **recipe.student.kwargs)
+    method_cls = METHODS.get(recipe.distill.method)
+    extra = [create_model(c.name, **kw, **c.kwargs) for c in method_cls.extra_teachers(recipe.distill.options)]
+    for c, model in zip(method_cls.extra_teachers(recipe.distill.options), extra):
+        if c.weights:
+            load_weights(model, c.weights)
     batch = _example(data.train, 2)
     counts = {}
-    for role, model in (("teacher", teacher), ("student", student)):
+    roles = [("teacher", teacher), ("student", student)] + [(f"teacher {i}", m) for i, m in enumerate(extra, start=1)]
+    for role, model in roles:
         model.eval()
         try:
             with torch.no_grad():
@@ -89,6 +96,8 @@ def prepare(recipe: Recipe) -> Prepared:
                 f"fix {role}.name/{role}.kwargs"
             ) from None
         model.train()
+    if any(counts[role] != counts["teacher"] for role, _ in roles[2:]):
+        raise DistillError("the teachers in distill.options.teachers predict a different number of classes; fix their kwargs")
     if counts["teacher"] != counts["student"]:
         raise DistillError(
             f"teacher predicts {counts['teacher']} classes but student predicts {counts['student']}; "
@@ -99,7 +108,8 @@ def prepare(recipe: Recipe) -> Prepared:
             f"models predict {counts['student']} classes but dataset {recipe.data.name!r} has {data.num_classes}; "
             "set num_classes in the model kwargs or data.num_classes"
         )
-    return Prepared(recipe, data, teacher, student)
+    method_cls.check(student, teacher, batch, recipe.distill.options)  # e.g. layer paths and pairing, before any write
+    return Prepared(recipe, data, teacher, student, extra)
 
 
 def _make_run_dir(out: Path, overwrite: bool) -> Path:
@@ -190,21 +200,33 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool) -> None:
     save_weights(teacher, run_dir / "checkpoints" / "teacher.safetensors")
     freeze(teacher)
 
+    # What the method needs is read from its class (extra teachers, generations, its teacher source): no method
+    # names here. Plain KD: no extra teachers, one generation, the recipe's teacher.
+    cls, opts = METHODS.get(r.distill.method), r.distill.options
+    extra: list[nn.Module] = []
+    for i, (cfg, model) in enumerate(zip(cls.extra_teachers(opts), p.extra_teachers), start=1):
+        if cfg.weights is None:
+            epochs, lr = cfg.epochs or r.teacher.epochs, cfg.lr or r.teacher.lr
+            phases[f"teacher.{i}"] = train(f"teacher.{i}", build_method("scratch", model, None), epochs=epochs, lr=lr)
+        extra.append(freeze(acc.unwrap_model(model)))
     students: dict[str, nn.Module] = {}
-    for name, method_name in (("scratch", "scratch"), ("distilled", r.distill.method)):
-        student = copy.deepcopy(p.student_init)
-        needs_teacher = METHODS.get(method_name).needs_teacher
+    scratch = build_method("scratch", copy.deepcopy(p.student_init), None)
+    phases["scratch"] = train("scratch", scratch)
+    students["scratch"] = previous = acc.unwrap_model(scratch).student
+    save_weights(students["scratch"], run_dir / "checkpoints" / "scratch.safetensors")
+    generations = cls.generations(opts)
+    for g in range(generations):
+        name = "distilled" if g == generations - 1 else f"distilled.{g + 1}"
+        models = {"teacher": teacher, "extra": extra, "previous": freeze(copy.deepcopy(previous)), "generation": g}
         method = build_method(
-            method_name,
-            student,
-            LiveTeacher(teacher) if needs_teacher else None,
-            temperature=r.distill.temperature,
-            alpha=r.distill.alpha,
-            options=r.distill.options if name == "distilled" else None,
+            r.distill.method, copy.deepcopy(p.student_init),
+            cls.teacher_source(models, opts, r.distill.temperature),
+            temperature=r.distill.temperature, alpha=r.distill.alpha, options=opts,
         )
         phases[name] = train(name, method)
-        students[name] = acc.unwrap_model(method).student
-        save_weights(students[name], run_dir / "checkpoints" / f"{name}.safetensors")
+        previous = acc.unwrap_model(method).student
+        save_weights(previous, run_dir / "checkpoints" / f"{name}.safetensors")
+    students["distilled"] = previous
     save_weights(students["distilled"], run_dir / "student.safetensors")
 
     if acc.is_main_process:

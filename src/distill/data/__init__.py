@@ -137,6 +137,6 @@ def load_data(
     )
 
 
-from . import digits  # noqa: E402,F401  (fill the registry)
+from . import digits, fashion_mnist  # noqa: E402,F401  (fill the registry)
 
 __all__ = ["DATASETS", "DataBundle", "Indexed", "load_data", "register_dataset"]
