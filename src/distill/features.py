@@ -65,11 +65,11 @@ class FeatureTap:
     `features` maps each path to the tensor recorded during the last forward pass inside the block. With
     `detach=True` the recorded tensors are detached (for a frozen teacher)."""
 
-    def __init__(self, model: nn.Module, paths: Iterable[str], *, detach: bool = False) -> None:
+    def __init__(self, model: nn.Module, paths: Iterable[str], *, detach: bool = False, role: str = "model") -> None:
         self.model = model
         self.paths = list(dict.fromkeys(paths))
         self.detach = detach
-        check_paths(model, self.paths)
+        check_paths(model, self.paths, role=role)
         self.hidden = [p for p in self.paths if p.startswith(HIDDEN_STATES) and exposes_hidden_states(model)]
         self.hooked = [p for p in self.paths if p not in self.hidden]
         self.features: dict[str, torch.Tensor] = {}

@@ -75,7 +75,7 @@ def _shapes(model: nn.Module, paths: Sequence[str], batch: Any, role: str) -> tu
     was_training = model.training
     model.eval()
     try:
-        with FeatureTap(model, paths, detach=True) as tap:
+        with FeatureTap(model, paths, detach=True, role=role) as tap:
             logits = forward_with_features(model, inputs_of(batch), tap)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise DistillError(f"the {role} failed while tapping features ({' '.join(str(exc).split())[:160]})") from None
@@ -178,6 +178,11 @@ def propose_pairs(
         t = min(fits, key=lambda t: (abs(t.depth - s.depth), -t.depth))
         kind = projector_kind(s.shape, t.shape, mode)
         pairs.append(Pair(s.path, t.path, s.shape, t.shape, kind, s.depth, t.depth))  # type: ignore[arg-type]
+    if not pairs and mode == "attention":
+        raise DistillError(
+            f"{method} transfers spatial attention and needs (C, H, W) feature maps in both models, but the student's "
+            f"stages give {', '.join(str(s.shape) for s in s_stages)}; use convolutional models or another method"
+        )
     if not pairs:
         s_desc = ", ".join(f"{s.path} {s.shape}" for s in s_stages)
         t_desc = ", ".join(f"{t.path} {t.shape}" for t in t_stages)
