@@ -57,7 +57,9 @@ def read_idx(path: str | Path) -> np.ndarray:
 def _subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if n is None or n >= len(y):
         return x, y
-    x, _, y, _ = train_test_split(x, y, train_size=n, stratify=y, random_state=seed)
+    classes = len(np.unique(y))
+    stratified = np.bincount(y).min() >= 2 and min(n, len(y) - n) >= classes  # else (tiny files) a plain draw
+    x, _, y, _ = train_test_split(x, y, train_size=n, stratify=y if stratified else None, random_state=seed)
     return x, y
 
 
