@@ -57,7 +57,8 @@ def train_teachers(args: argparse.Namespace, out: Path) -> list[str]:
     for seed in range(args.ensemble_size):
         path = out / f"teacher-{seed}" / "checkpoints" / "teacher.safetensors"
         if not path.is_file():
-            sets = [*schedule(args), f"seed={seed}", "distill.method=scratch", "train.max_steps=1"]
+            # method=scratch with one student epoch: the run is the teacher phase (train.max_steps would cap it too)
+            sets = [*schedule(args), f"seed={seed}", "distill.method=scratch", "train.epochs=1"]
             run_recipe(load_recipe(RECIPE, sets), path.parents[1], overwrite=True, progress=False)
         paths.append(str(path))
     return paths
@@ -97,13 +98,13 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--train-size", type=int, default=8000)
-    ap.add_argument("--test-size", type=int, default=5000)
-    ap.add_argument("--val-size", type=int, default=1000)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--teacher-epochs", type=int, default=5)
+    ap.add_argument("--train-size", type=int, default=4000)
+    ap.add_argument("--test-size", type=int, default=2000)
+    ap.add_argument("--val-size", type=int, default=500)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--teacher-channels", default="[16,32,64]")
     ap.add_argument("--student-channels", default="[8,16]")
     ap.add_argument("--ensemble-size", type=int, default=3)
