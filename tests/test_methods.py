@@ -21,7 +21,7 @@ from distill.methods import METHODS, build_method
 from distill.models import create_model
 from distill.teachers import freeze
 
-from .conftest import RECIPES
+from conftest import RECIPES
 
 METHOD_NAMES = ["kd", "dkd", "ensemble", "born_again", "fitnet", "attention", "rkd", "pkt", "crd", "cosine"]
 OPTIONS = {"crd": {"negatives": 16, "embed_dim": 8}, "dkd": {"warmup_steps": 2}, "kd": {"standardize": True}}

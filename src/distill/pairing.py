@@ -100,8 +100,8 @@ def find_stages(model: nn.Module, batch: Any, *, role: str = "model") -> list[St
     if not paths:
         return []
     shapes, logits = _shapes(model, paths, batch, role)
-    # The classifier head (a trunk block whose output has the logits' shape, last) is not a feature stage.
-    while paths and shapes.get(paths[-1]) == tuple(logits.shape[1:]):
+    # The classifier head (the last trunk block, when its output has the logits' shape) is not a feature stage.
+    if paths and shapes.get(paths[-1]) == tuple(logits.shape[1:]):
         paths = paths[:-1]
     return [Stage(p, shapes[p], (i + 1) / len(paths)) for i, p in enumerate(paths) if p in shapes]
 

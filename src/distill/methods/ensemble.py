@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..batch import forward_logits, inputs_of, labels_of
 from ..config import TeacherConfig
+from ..errors import DistillError
 from ..losses import hard_loss, kd_loss
 from ..teachers import EnsembleTeacher
 from . import Method, register_method
@@ -40,8 +41,6 @@ class Ensemble(Method):
 
     @classmethod
     def check(cls, student, teacher, example_batch, options) -> None:  # noqa: ANN001
-        from ..errors import DistillError
-
         o = cls.Options(**options)
         if o.mix is not None and len(o.mix) != 1 + len(o.teachers):
             raise DistillError(
