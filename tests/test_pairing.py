@@ -55,3 +55,34 @@ def test_bad_pairs_are_one_clear_error() -> None:
         propose_pairs(mlp(8), mlp(16), BATCH, mode="attention", method="attention")
     with pytest.raises(DistillError, match="no feature stages to tap in the student"):
         propose_pairs(mlp(), mlp(16), BATCH, method="fitnet")
+
+
+class FakeHF(torch.nn.Module):
+    """A transformers-like model: `config.output_hidden_states` and `hidden_states` in its output."""
+
+    def __init__(self, width: int, layers: int) -> None:
+        from types import SimpleNamespace
+
+        super().__init__()
+        self.config = SimpleNamespace(output_hidden_states=False)
+        self.embed = torch.nn.Linear(4, width)
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(layers))
+        self.head = torch.nn.Linear(width, 3)
+
+    def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False):  # noqa: ANN201
+        from types import SimpleNamespace
+
+        h = self.embed(input_ids)
+        states = [h]
+        for layer in self.layers:
+            h = layer(h)
+            states.append(h)
+        return SimpleNamespace(logits=self.head(h), hidden_states=tuple(states) if output_hidden_states else None)
+
+
+def test_models_with_hidden_states_pair_through_them() -> None:
+    batch = {"input_ids": torch.randn(2, 5, 4), "labels": torch.tensor([0, 1])}
+    pairs = propose_pairs(FakeHF(6, 2), FakeHF(12, 4), batch)
+    assert [(p.student, p.teacher, p.projector) for p in pairs] == [
+        ("hidden_states.1", "hidden_states.2", "linear"), ("hidden_states.2", "hidden_states.4", "linear")]
+    assert build_projector(pairs[0])(torch.randn(2, 5, 6)).shape == (2, 5, 12)
