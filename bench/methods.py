@@ -47,7 +47,7 @@ def schedule(args: argparse.Namespace) -> list[str]:
         f"data.kwargs.train_size={args.train_size}", f"data.kwargs.test_size={args.test_size}",
         f"data.kwargs.val_size={args.val_size}", f"train.epochs={args.epochs}", f"teacher.epochs={args.teacher_epochs}",
         f"teacher.kwargs.channels={args.teacher_channels}", f"student.kwargs.channels={args.student_channels}",
-        "eval.latency_runs=5", "eval.latency_warmup=1",
+        f"data.batch_size={args.batch_size}", "eval.latency_runs=5", "eval.latency_warmup=1",
     ]
 
 
@@ -104,7 +104,8 @@ def main() -> None:
     ap.add_argument("--test-size", type=int, default=2000)
     ap.add_argument("--val-size", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--teacher-epochs", type=int, default=4)
+    ap.add_argument("--teacher-epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--teacher-channels", default="[16,32,64]")
     ap.add_argument("--student-channels", default="[8,16]")
     ap.add_argument("--ensemble-size", type=int, default=3)
