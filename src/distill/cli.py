@@ -37,14 +37,15 @@ def _table(run_dir: Path) -> Table:
     return table
 
 
-def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite: bool, progress: bool) -> None:
+def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite: bool, progress: bool,
+         resume: bool = False) -> None:
     from .config import load_recipe
     from .pipeline import run_recipe
     from .report import load_report, verdict
 
     started = time.perf_counter()
     recipe = load_recipe(recipe_path, overrides)
-    run_dir = run_recipe(recipe, out, overwrite=overwrite, progress=progress)
+    run_dir = run_recipe(recipe, out, overwrite=overwrite, progress=progress, resume=resume)
     console.print(_table(run_dir))
     report = load_report(run_dir)
     console.print(verdict(report["models"], report["dataset"]["test_size"], recipe.seed))
@@ -68,9 +69,10 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set distill.temperature=8"),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its newest complete checkpoint."),
 ) -> None:
     """Run a recipe."""
-    _run(recipe, out, set_, overwrite=overwrite, progress=progress)
+    _run(recipe, out, set_, overwrite=overwrite, progress=progress, resume=resume)
 
 
 @app.command()
@@ -93,8 +95,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     except click.exceptions.Abort:
         err_console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # usage errors: one line too, not click's usage block
+        message = " ".join(exc.format_message().split())
+        err_console.print(f"error: {message}; see `distill --help`", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2 if exc.exit_code not in (0,) else 0)
     except KeyboardInterrupt:
         err_console.print("interrupted")
