@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import DistillError
@@ -194,9 +194,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise DistillError(f"checkpoint {str(path)!r} lacks {name}; delete it")
         if f.stat().st_size != entry.get("bytes") or _sha256(f) != entry.get("sha256"):
             raise DistillError(f"checkpoint file {str(f)!r} fails its checksum (truncated or altered); delete it")
+    for name in FILES[:2]:  # parse the safetensors headers now, so a bad file is skipped rather than met mid-resume
+        try:
+            with safe_open(str(path / name), framework="pt"):
+                pass
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise DistillError(f"checkpoint file {str(path / name)!r} is unreadable ({exc}); delete it") from None
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        if not isinstance(state, dict) or not {"phase", "step", "done", "optimizer", "rng"} <= set(state):
+            raise ValueError("missing keys")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
         raise DistillError(f"checkpoint {str(path)!r} has a corrupt state.json; delete it") from None
     return Checkpoint(path, state)
 
