@@ -185,7 +185,7 @@ def fit(
                     log.log(record)
                     bar.update(task, status=f"loss {float(loss.detach()):.4f}")
                 bar.advance(task)
-                if checkpointer is not None and checkpointer.due(step) and step < total:
+                if checkpointer is not None and checkpointer.due(step) and step < total and consecutive == 0:
                     checkpointer.save(
                         phase=phase, step=step, done=False, model=accelerator.unwrap_model(model),
                         optimizer=optimizer, scheduler=scheduler,
