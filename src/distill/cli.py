@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import DistillError
+from .errors import DistillError, DistillWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Knowledge distillation: teacher -> small student.")
 console = Console() if sys.stdout.isatty() else Console(width=140)
@@ -85,17 +86,28 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
     console.print(f"report: {path}")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    if issubclass(category, DistillWarning):
+        err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one clear line and exit 2 for every user error; no tracebacks."""
+    warnings.showwarning = _show_warning
     try:
         app(args=argv, standalone_mode=False)
     except DistillError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:  # usage errors: one line too, not click's usage block
+    except (click.ClickException, typer.TyperException) as exc:  # usage errors (typer vendors click): one line too
         message = " ".join(exc.format_message().split())
         err_console.print(f"error: {message}; see `distill --help`", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2 if exc.exit_code not in (0,) else 0)

@@ -103,6 +103,11 @@ def load_data(
             result = factory(**kwargs)
         except TypeError as exc:
             raise DistillError(f"data factory {name!r} rejected its kwargs ({exc}); fix data.kwargs") from None
+        except OSError as exc:  # a missing or unreadable data file is the user's to fix, not a crash
+            raise DistillError(
+                f"data factory {name!r} could not read its data ({exc.strerror or exc}: {exc.filename}); "
+                "check the paths in data.kwargs"
+            ) from None
         if isinstance(result, Mapping):
             result = (result.get("train"), result.get("val"), result.get("test"))
         if not (isinstance(result, (tuple, list)) and len(result) == 3 and all(d is not None for d in result)):
@@ -137,6 +142,6 @@ def load_data(
     )
 
 
-from . import digits  # noqa: E402,F401  (fill the registry)
+from . import arrays, digits  # noqa: E402,F401  (fill the registry)
 
 __all__ = ["DATASETS", "DataBundle", "Indexed", "load_data", "register_dataset"]

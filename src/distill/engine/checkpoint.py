@@ -36,13 +36,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..errors import DistillError
+from ..errors import DistillError, DistillWarning
 
 FORMAT = 1
 FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
 
 
-class CheckpointWarning(UserWarning):
+class CheckpointWarning(DistillWarning):
     """An incomplete or corrupt checkpoint was found and skipped."""
 
 
