@@ -40,6 +40,8 @@ def _table(run_dir: Path) -> Table:
 
 def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite: bool, progress: bool,
          resume: bool = False) -> None:
+    from accelerate import PartialState
+
     from .config import load_recipe
     from .pipeline import run_recipe
     from .report import load_report, verdict
@@ -47,6 +49,8 @@ def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite
     started = time.perf_counter()
     recipe = load_recipe(recipe_path, overrides)
     run_dir = run_recipe(recipe, out, overwrite=overwrite, progress=progress, resume=resume)
+    if not PartialState().is_main_process:  # under `accelerate launch`: one table, from the main process
+        return
     console.print(_table(run_dir))
     report = load_report(run_dir)
     console.print(verdict(report["models"], report["dataset"]["test_size"], recipe.seed))

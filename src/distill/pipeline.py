@@ -28,6 +28,7 @@ from .config import Recipe, dump_recipe
 from .data import DataBundle, load_data
 from .engine.evaluate import classification_metrics, model_size, predict, speed
 from .engine.checkpoint import Checkpointer, open_for_resume
+from .engine.distributed import cpu_only_launch
 from .engine.io import load_weights, save_weights
 from .engine.loop import fit
 from .engine.metrics import MetricsLog
@@ -128,7 +129,8 @@ def _status(run_dir: Path, status: str, **extra: Any) -> None:
 
 def _accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
     trackers = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else None
-    acc = Accelerator(mixed_precision=recipe.train.mixed_precision, log_with=trackers, project_dir=str(run_dir))
+    acc = Accelerator(mixed_precision=recipe.train.mixed_precision, log_with=trackers, project_dir=str(run_dir),
+                      cpu=cpu_only_launch())
     if trackers:
         acc.init_trackers(recipe.name)
     return acc
@@ -159,14 +161,16 @@ def run_recipe(recipe: Recipe, out: Path | None = None, *, overwrite: bool = Fal
     """
     prepared = prepare(recipe)  # every user error surfaces here, before anything is written
     run_dir = Path(out) if out else Path("runs") / recipe.name
-    main = PartialState().is_main_process
-    if not (resume or overwrite) and run_dir.exists() and any(run_dir.iterdir()):
-        _make_run_dir(run_dir, overwrite)  # raises the "already exists" error on every process alike
+    state = PartialState(cpu=cpu_only_launch())  # under `accelerate launch`: every process checks, then only the main one writes
     if resume:
         open_for_resume(run_dir, dump_recipe(recipe), overwrite=overwrite)
-    elif main:
+    elif not overwrite and run_dir.exists() and any(run_dir.iterdir()):
+        _make_run_dir(run_dir, overwrite)  # raises the "already exists" error on every process alike
+    state.wait_for_everyone()
+    main = state.is_main_process
+    if main and not resume:
         _make_run_dir(run_dir, overwrite)
-    PartialState().wait_for_everyone()
+    state.wait_for_everyone()
     if main:
         (run_dir / "config.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
         _status(run_dir, "running")
@@ -238,6 +242,7 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         tmp.write_text(json.dumps(report, indent=2))
         tmp.replace(run_dir / "report.json")
         render(run_dir)
+    acc.wait_for_everyone()  # no process returns before the report exists
     acc.end_training()
 
 

@@ -181,7 +181,10 @@ def fit(
                 samples += batch_size_of(batch)
                 if step % cfg.log_every == 0 or step == total:
                     record = {"phase": phase, "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
-                    record.update({k: float(v.detach()) for k, v in out.items() if v.ndim == 0})
+                    scalars = {k: v.detach().float() for k, v in out.items() if v.ndim == 0}
+                    if accelerator.num_processes > 1:  # the mean over all processes, not the main one's share
+                        scalars = {k: accelerator.reduce(v, reduction="mean") for k, v in scalars.items()}
+                    record.update({k: float(v) for k, v in scalars.items()})
                     log.log(record)
                     bar.update(task, status=f"loss {float(loss.detach()):.4f}")
                 bar.advance(task)
