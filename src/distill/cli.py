@@ -90,19 +90,19 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
     console.print(f"report: {path}")
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    """Our warnings as one `warning: ...` line; everyone else's as Python formats them."""
     if issubclass(category, DistillWarning):
-        err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
+        return f"warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
 
 
-_default_showwarning = warnings.showwarning
+_default_formatwarning = warnings.formatwarning
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one clear line and exit 2 for every user error; no tracebacks."""
-    warnings.showwarning = _show_warning
+    warnings.formatwarning = _format_warning
     try:
         app(args=argv, standalone_mode=False)
     except DistillError as exc:
