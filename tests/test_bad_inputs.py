@@ -204,7 +204,7 @@ def started_run(tmp: Path, config: str | None = None) -> None:
 
 def resume_other_recipe(tmp: Path) -> list[str]:
     started_run(tmp)
-    return run_args(tmp, sets=["distill.temperature=2"], extra=["--resume"])
+    return run_args(tmp, sets=["distill.temperature=3"], extra=["--resume"])
 
 
 def resume_corrupt_config(tmp: Path) -> list[str]:

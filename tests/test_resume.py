@@ -55,7 +55,7 @@ def test_killed_inside_a_checkpoint_write_resumes_bit_identical(tmp_path, refere
     assert not any(p.name.startswith(".tmp-") for p in (out / "checkpoints").iterdir())
 
 
-@pytest.mark.parametrize("seed", [101, 202])
+@pytest.mark.parametrize("seed", [101])
 def test_random_sigkill_then_resume(tmp_path, reference, seed):
     result = crash.trial(tmp_path, reference, seed, resume=lambda out: _resume_quiet(out))
     assert result["identical"], result
