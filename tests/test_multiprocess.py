@@ -7,6 +7,8 @@ global step (Accelerate hands batch 2k to rank 0 and 2k+1 to rank 1), but the gr
 computed as the all-reduced average of two 32-example means: float32 sums in a different order differ in the last bit,
 and 6 optimizer steps (Adam normalises by the running gradient scale) carry that rounding forward. 1e-5 is 0.3% of one
 Adam step at lr 3e-3 -- any real divergence (wrong data shard, wrong schedule, double-counted gradient) is far larger.
+All labels are kept: with unlabelled examples (label -100) each process averages the hard loss over *its* labelled
+examples and DDP averages those means, which equals the global mean only when every process holds as many labels.
 (`accelerate launch --cpu` starts one process unless MPI is set up; `--multi_gpu` uses torchrun, gloo on CPU.)
 """
 
@@ -27,7 +29,7 @@ from distill.cli import main
 from conftest import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = ["teacher.kwargs.hidden=[32]", "teacher.kwargs.dropout=0", "teacher.epochs=1", "student.kwargs.hidden=[8]",
+SETS = ["data.labelled_fraction=1.0", "teacher.kwargs.hidden=[32]", "teacher.kwargs.dropout=0", "teacher.epochs=1", "student.kwargs.hidden=[8]",
         "train.epochs=1", "train.max_steps=6", "train.log_every=1", "train.checkpoint_every=2",
         "eval.latency_runs=3", "eval.latency_warmup=1"]
 
