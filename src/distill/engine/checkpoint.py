@@ -18,11 +18,9 @@ only -- never pickle. Only the main process writes; every process reads.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import time
@@ -31,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import DistillError, DistillWarning
+from .state import b64, join_optimizer_state, rng_state, set_rng_state, split_optimizer_state, unb64
 
 FORMAT = 1
 FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
@@ -79,63 +77,6 @@ def _fault(stage: str, count: int) -> None:
     target = os.environ.get("DISTILL_FAULT_KILL")
     if target and target == f"{stage}@{count}":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-# ------------------------------------------------------------------------------------------------- state (de)coding
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _unb64(s: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states (python, numpy, torch CPU, and CUDA when present) as JSON-able values."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    py = random.getstate()
-    state = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-        "torch": _b64(torch.get_rng_state()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of `rng_state`."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(_unb64(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
-
-
-def split_optimizer_state(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """`optimizer.state_dict()` -> (tensors for safetensors, everything else for JSON)."""
-    tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
-    for pid, slots in sd["state"].items():
-        plain["state"][str(pid)] = {}
-        for name, value in slots.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{pid}.{name}"] = value.detach().cpu().contiguous().clone()
-            else:
-                plain["state"][str(pid)][name] = value
-    return tensors, plain
-
-
-def join_optimizer_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of `split_optimizer_state`."""
-    state: dict[int, dict[str, Any]] = {int(pid): dict(slots) for pid, slots in plain["state"].items()}
-    for key, value in tensors.items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = value
-    return {"state": state, "param_groups": plain["param_groups"]}
 
 
 # --------------------------------------------------------------------------------------------------- a checkpoint
@@ -316,7 +257,7 @@ class Checkpointer:
         state = {
             "format": FORMAT, "phase": phase, "step": step, "done": done,
             "epoch": position.get("epoch", 0), "batch": position.get("batch", 0),
-            "generator": _b64(generator) if isinstance(generator, torch.Tensor) else None,
+            "generator": b64(generator) if isinstance(generator, torch.Tensor) else None,
             "optimizer": opt_plain,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rngs, **extra,
@@ -366,7 +307,7 @@ def restore_rng(ckpt: Checkpoint, process_index: int = 0) -> None:
 def generator_state(ckpt: Checkpoint) -> torch.Tensor | None:
     """The shuffle generator's state at the start of the checkpoint's epoch, or None."""
     g = ckpt.state.get("generator")
-    return _unb64(g) if g else None
+    return unb64(g) if g else None
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
