@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader
 from .batch import forward_logits, inputs_of
 from .config import Recipe, dump_recipe
 from .data import DataBundle, load_data
-from .engine.evaluate import classification_metrics, model_size, predict, speed
 from .engine.checkpoint import Checkpointer, open_for_resume
 from .engine.distributed import cpu_only_launch
+from .engine.evaluate import classification_metrics, model_size, predict, speed
 from .engine.io import load_weights, save_weights
 from .engine.loop import fit
 from .engine.metrics import MetricsLog
@@ -161,19 +161,19 @@ def run_recipe(recipe: Recipe, out: Path | None = None, *, overwrite: bool = Fal
     """
     prepared = prepare(recipe)  # every user error surfaces here, before anything is written
     run_dir = Path(out) if out else Path("runs") / recipe.name
-    state = PartialState(cpu=cpu_only_launch())  # under `accelerate launch`: every process checks, then only the main one writes
+    state = PartialState(cpu=cpu_only_launch())  # under `accelerate launch`: all processes check, the main one writes
     if resume:
         open_for_resume(run_dir, dump_recipe(recipe), overwrite=overwrite)
     elif not overwrite and run_dir.exists() and any(run_dir.iterdir()):
-        _make_run_dir(run_dir, overwrite)  # raises the "already exists" error on every process alike
-    state.wait_for_everyone()
+        _make_run_dir(run_dir, overwrite)  # raises the "already exists" error in every process alike
+    state.wait_for_everyone()  # every process has checked before the main one creates anything
     main = state.is_main_process
-    if main and not resume:
-        _make_run_dir(run_dir, overwrite)
-    state.wait_for_everyone()
     if main:
+        if not resume:
+            _make_run_dir(run_dir, overwrite)
         (run_dir / "config.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
         _status(run_dir, "running")
+    state.wait_for_everyone()
     try:
         _train_and_evaluate(prepared, run_dir, progress, resume)
     except BaseException as exc:
@@ -230,10 +230,9 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         students[name] = acc.unwrap_model(method).student
         if acc.is_main_process:
             save_weights(students[name], run_dir / "checkpoints" / f"{name}.safetensors")
-    if acc.is_main_process:
-        save_weights(students["distilled"], run_dir / "student.safetensors")
 
     if acc.is_main_process:
+        save_weights(students["distilled"], run_dir / "student.safetensors")
         report = evaluate_models({"teacher": teacher, **students}, p, acc.device)
         report["phases"] = phases
         report["recipe"] = {"name": r.name, "seed": r.seed, "method": r.distill.method,
