@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -72,6 +73,12 @@ GUARD = textwrap.dedent('''
 ''')
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _sets(batch: int) -> list[str]:
     return [a for o in [*SETS, f"data.batch_size={batch}"] for a in ("--set", o)]
 
@@ -86,7 +93,8 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     guard.write_text(GUARD)
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()),
            str(guard), "run", str(RECIPES / "digits.yaml"), "--out", str(two), "--no-progress", *_sets(32)]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GUARD_OUT=str(tmp_path))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
