@@ -189,9 +189,9 @@ class Checkpointer:
         if not self.directory.is_dir():
             return None
         for tmp in sorted(self.directory.glob(f".tmp-{phase}-*")):
-            warnings.warn(f"ignoring incomplete checkpoint {tmp.name} (its write was interrupted)", CheckpointWarning,
-                          stacklevel=2)
-            if self.is_main:
+            if self.is_main:  # one warning per run, not one per process
+                warnings.warn(f"ignoring incomplete checkpoint {tmp.name} (its write was interrupted)",
+                              CheckpointWarning, stacklevel=2)
                 shutil.rmtree(tmp, ignore_errors=True)
 
         def order(p: Path) -> tuple[int, int]:
@@ -202,7 +202,8 @@ class Checkpointer:
             try:
                 ckpt = load_checkpoint(path)
             except DistillError as exc:
-                warnings.warn(f"ignoring checkpoint {path.name}: {exc}", CheckpointWarning, stacklevel=2)
+                if self.is_main:
+                    warnings.warn(f"ignoring checkpoint {path.name}: {exc}", CheckpointWarning, stacklevel=2)
                 continue
             if ckpt.phase == phase:
                 return ckpt
