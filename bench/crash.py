@@ -1,13 +1,15 @@
 """Crash safety: SIGKILL `distill run` at random moments, `--resume` it, and compare with an uninterrupted run.
 
-    PYTHONPATH=src python bench/crash.py --trials 20 [--workdir /tmp/crash] [--seed 0]
+    PYTHONPATH=src python bench/crash.py --trials 20 [--workdir /tmp/crash] [--seed 0] [--processes 2]
 
 Each trial starts the digits recipe (tiny models, checkpoints every `EVERY` steps, dropout in the teacher so the RNG
 states matter) with `DISTILL_FAULT_SLEEP_S` set, which sleeps between the stages of every checkpoint write, so a good
 share of the kills land *inside* a write. Once training has begun the run is SIGKILLed after a random delay; the
 resume is itself killed again with probability 1/2; the last resume runs to the end. A trial succeeds when the final
 student is bit-identical to the uninterrupted reference and every resume lost at most one checkpoint interval.
-The trial logic is shared with `tests/test_crash.py` (which runs a few trials).
+With `--processes N` every run (reference included) is `accelerate launch --multi_gpu --num_processes N` (gloo on
+CPU) and the kill takes down the whole process group, as when a node dies. The trial logic is shared with
+`tests/test_resume.py` (which runs a few single-process trials).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "digits.yaml"
 EVERY = 4
+PROCESSES = 1  # set by --processes
 OVERRIDES = [
     "teacher.kwargs.hidden=[32]", "teacher.kwargs.dropout=0.1", "teacher.epochs=2", "student.kwargs.hidden=[8]",
     "train.epochs=2", "train.max_steps=16", "train.log_every=1", f"train.checkpoint_every={EVERY}",
@@ -50,10 +53,20 @@ def env(sleep_s: float = 0.0) -> dict[str, str]:
     return e
 
 
+def command(out: Path, *, resume: bool = False) -> list[str]:
+    """The child command line: `python -m distill run ...`, under `accelerate launch` when PROCESSES > 1."""
+    launch = []
+    if PROCESSES > 1:
+        launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(PROCESSES),
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "--main_process_port", str(29400 + random.randrange(500))]
+    return [sys.executable, *launch, "-m", "distill", *argv(out, resume=resume)]
+
+
 def run_cli(out: Path, *, resume: bool = False, timeout: float = 300) -> int:
     """Run `distill run` to the end in a child process; its exit status."""
-    cmd = [sys.executable, "-m", "distill", *argv(out, resume=resume)]
-    return subprocess.run(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout).returncode
+    return subprocess.run(command(out, resume=resume), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=timeout).returncode
 
 
 def metrics(out: Path) -> list[dict[str, Any]]:
@@ -72,15 +85,15 @@ def metrics(out: Path) -> list[dict[str, Any]]:
 def kill_randomly(out: Path, rng: random.Random, *, resume: bool, window_s: float = 3.0, sleep_s: float = 0.03) -> dict:
     """Start a run, SIGKILL it `uniform(0, window_s)` seconds after its first metrics line. What happened."""
     before = len(metrics(out))
-    cmd = [sys.executable, "-m", "distill", *argv(out, resume=resume)]
-    proc = subprocess.Popen(cmd, env=env(sleep_s), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(out, resume=resume), env=env(sleep_s), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # its own process group
     deadline = time.monotonic() + 300
     while proc.poll() is None and len(metrics(out)) <= before and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(rng.uniform(0.0, window_s))
     killed = proc.poll() is None
-    if killed:
-        proc.send_signal(signal.SIGKILL)
+    if killed:  # the whole group: a launcher's workers die with it, as on a machine that goes down
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     rows = [r for r in metrics(out)[before:] if "step" in r and "event" not in r and "loss" in r]
     in_write = any(p.name.startswith(".tmp-") for p in (out / "checkpoints").iterdir()) if killed else False
@@ -123,7 +136,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/distill-crash"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--processes", type=int, default=1, help="processes per run (accelerate launch)")
     args = ap.parse_args()
+    global PROCESSES
+    PROCESSES = args.processes
     import shutil
 
     shutil.rmtree(args.workdir, ignore_errors=True)
@@ -142,7 +158,7 @@ def main() -> None:
         print(f"trial {i:2d}: {where}; lost {r['lost_steps']} steps; identical={r['identical']}; ok={r['ok']}", flush=True)
     kills = [k for r in results for k in r["kills"] if k["killed"]]
     summary = {
-        "trials": len(results), "successful_resumes": sum(r["ok"] for r in results), "sigkills": len(kills),
+        "processes": PROCESSES, "trials": len(results), "successful_resumes": sum(r["ok"] for r in results), "sigkills": len(kills),
         "kills_inside_checkpoint_write": sum(k["in_checkpoint_write"] for k in kills),
         "bit_identical": sum(r["identical"] for r in results),
         "max_lost_steps": max((n for r in results for n in r["lost_steps"]), default=0), "interval": EVERY,
