@@ -158,7 +158,8 @@ def main() -> None:
         print(f"trial {i:2d}: {where}; lost {r['lost_steps']} steps; identical={r['identical']}; ok={r['ok']}", flush=True)
     kills = [k for r in results for k in r["kills"] if k["killed"]]
     summary = {
-        "processes": PROCESSES, "trials": len(results), "successful_resumes": sum(r["ok"] for r in results), "sigkills": len(kills),
+        "processes": PROCESSES, "trials": len(results), "successful_resumes": sum(r["ok"] for r in results),
+        "sigkills": len(kills),
         "kills_inside_checkpoint_write": sum(k["in_checkpoint_write"] for k in kills),
         "bit_identical": sum(r["identical"] for r in results),
         "max_lost_steps": max((n for r in results for n in r["lost_steps"]), default=0), "interval": EVERY,

@@ -64,7 +64,8 @@ def _peek(loader: DataLoader) -> Any:
 
 def _shuffle_generator(loader: DataLoader) -> torch.Generator | None:
     """The generator that decides the loader's shuffle order (the same object before and after `prepare`)."""
-    for holder in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for holder in (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
         gen = getattr(holder, "generator", None)
         if isinstance(gen, torch.Generator):
             return gen
