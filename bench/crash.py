@@ -86,19 +86,38 @@ def kill_randomly(out: Path, rng: random.Random, *, resume: bool, window_s: floa
     """Start a run, SIGKILL it `uniform(0, window_s)` seconds after its first metrics line. What happened."""
     before = len(metrics(out))
     proc = subprocess.Popen(command(out, resume=resume), env=env(sleep_s), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # its own process group
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while proc.poll() is None and len(metrics(out)) <= before and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(rng.uniform(0.0, window_s))
     killed = proc.poll() is None
-    if killed:  # the whole group: a launcher's workers die with it, as on a machine that goes down
-        os.killpg(proc.pid, signal.SIGKILL)
+    if killed:  # the whole tree, as when a machine goes down (torchrun puts its workers in sessions of their own)
+        _kill_tree(proc.pid)
     proc.wait()
     rows = [r for r in metrics(out)[before:] if "step" in r and "event" not in r and "loss" in r]
     in_write = any(p.name.startswith(".tmp-") for p in (out / "checkpoints").iterdir()) if killed else False
     last = (rows[-1]["phase"], int(rows[-1]["step"])) if rows else None
     return {"killed": killed, "last_logged": last, "in_checkpoint_write": in_write, "rows_before": len(metrics(out))}
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once (stopped first, so none can react to the others)."""
+    import psutil  # an Accelerate dependency
+
+    root = psutil.Process(pid)
+    tree = [root, *root.children(recursive=True)]
+    for p in tree:
+        try:
+            p.suspend()
+        except psutil.NoSuchProcess:
+            pass
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
 
 
 def lost_steps(out: Path, last: tuple[str, int] | None, rows_before: int) -> int:
