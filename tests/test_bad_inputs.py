@@ -271,6 +271,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("data-factory-bad-kwargs", with_sets("data.name=bad_inputs_factories:empty", "data.kwargs={size: 3}"), "data.kwargs"),
     ("data-factory-missing-file", with_sets("data.name=bad_inputs_factories:reads", "data.kwargs={path: /nonexistent}"),
      "check the paths in data.kwargs"),
+    ("data-num-classes-too-small", with_sets("data.num_classes=5"), "at least 10"),
     ("data-no-labels", with_sets("data.name=bad_inputs_factories:unlabelled"), "data.num_classes"),
     ("data-nan-inputs", with_sets("data.name=bad_inputs_factories:nan_inputs", "train.max_nonfinite=2",
                                   "data.batch_size=16"), "consecutive"),

@@ -83,6 +83,14 @@ def _inputs_shape(item: Any) -> tuple[int, ...]:
     return tuple(torch.as_tensor(x).shape) if x is not None else ()
 
 
+def _label_max(ds: Dataset) -> int | None:
+    """The largest label when the dataset holds its labels in one tensor (`TensorDataset`); None if that needs a pass."""
+    tensors = getattr(ds, "tensors", None)
+    if isinstance(tensors, tuple) and len(tensors) > 1 and tensors[1].numel():
+        return int(tensors[1].max())
+    return None
+
+
 def load_data(
     name: str,
     *,
@@ -127,6 +135,12 @@ def load_data(
         if any(y is None for y in labels):
             raise DistillError(f"cannot infer the class count of {name!r}; set data.num_classes in the recipe")
         num_classes = max(labels) + 1  # type: ignore[type-var]
+    top = _label_max(train)
+    if top is not None and top >= num_classes:  # else cross-entropy fails mid-run with "target out of bounds"
+        raise DistillError(
+            f"dataset {name!r} has label {top} but data.num_classes is {num_classes}; set data.num_classes to at "
+            f"least {top + 1} or leave it out"
+        )
     unlabelled: set[int] = set()
     if labelled_fraction < 1.0:
         rng = np.random.default_rng(seed)
