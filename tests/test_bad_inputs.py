@@ -243,6 +243,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("recipe-unknown-method-option", with_sets("distill.options={temp: 3}"), "distill.options"),
     ("recipe-unknown-model", with_sets("student.name=mpl"), "did you mean 'mlp'"),
     ("recipe-bad-model-kwargs", with_sets("student.kwargs={width: 3}"), "fix the recipe's kwargs"),
+    ("recipe-model-value-refused", with_sets("teacher.kwargs.dropout=2"), "fix the recipe's kwargs"),
+    ("recipe-model-negative-width", with_sets("student.kwargs.hidden=[-1]"), "fix the recipe's kwargs"),
     ("recipe-unknown-dataset", with_sets("data.name=digitz"), "did you mean 'digits'"),
     ("recipe-bad-import-module", with_sets("student.name=no_such_pkg.models:net"), "PYTHONPATH"),
     ("recipe-bad-import-attr", with_sets("student.name=bad_inputs_factories:nope"), "part after ':'"),
@@ -265,6 +267,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("cli-report-missing", lambda t: report_of(t, None), "finished run directory"),
     ("cli-report-corrupt", lambda t: report_of(t, '{"models": {'), "re-run"),
     # --- data files and factories ----------------------------------------------------------------------------------
+    ("data-builtin-unknown-kwarg", with_sets("data.kwargs={foo: 1}"), "fix data.kwargs"),
+    ("data-builtin-bad-value", with_sets("data.kwargs.test_fraction=2"), "fix data.kwargs"),
+    ("data-npz-without-path", with_sets("data.name=npz"), "fix data.kwargs"),
     ("data-empty-dataset", with_sets("data.name=bad_inputs_factories:empty"), "at least one example"),
     ("data-batch-larger-than-tiny-data", with_sets("data.name=bad_inputs_factories:tiny"), "lower data.batch_size"),
     ("data-factory-wrong-return", with_sets("data.name=bad_inputs_factories:one_dataset"), "(train, val, test)"),

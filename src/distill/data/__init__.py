@@ -123,7 +123,12 @@ def load_data(
         train, val, test = result
         names: list[str] = []
     else:
-        bundle = DATASETS.get(name)(seed=seed, **kwargs)
+        builder = DATASETS.get(name)
+        try:
+            bundle = builder(seed=seed, **kwargs)
+        except (TypeError, ValueError) as exc:  # unknown or out-of-range data.kwargs
+            msg = " ".join(str(exc).split())[:200]
+            raise DistillError(f"dataset {name!r} rejected data.kwargs ({msg}); fix data.kwargs") from None
         train, val, test, names = bundle.train, bundle.val, bundle.test, bundle.class_names
         num_classes = num_classes or bundle.num_classes
     for split, ds in (("train", train), ("val", val), ("test", test)):
