@@ -266,6 +266,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("cli-resume-other-recipe", resume_other_recipe, "distill.temperature"),
     ("cli-report-missing", lambda t: report_of(t, None), "finished run directory"),
     ("cli-report-corrupt", lambda t: report_of(t, '{"models": {'), "re-run"),
+    ("cli-report-incomplete", lambda t: report_of(t, '{"models": {"a": {"accuracy": 1}}}'), "re-run"),
+    ("cli-report-not-an-object", lambda t: report_of(t, '[1, 2]'), "re-run"),
     # --- data files and factories ----------------------------------------------------------------------------------
     ("data-builtin-unknown-kwarg", with_sets("data.kwargs={foo: 1}"), "fix data.kwargs"),
     ("data-builtin-bad-value", with_sets("data.kwargs.test_fraction=2"), "fix data.kwargs"),
