@@ -16,7 +16,7 @@ from .errors import DistillError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # lr: .inf or .nan would only fail mid-run
 
 
 class DataConfig(Strict):
@@ -91,7 +91,7 @@ class EvalConfig(Strict):
 
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)  # numpy's seed range
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
     student: ModelConfig
@@ -108,7 +108,7 @@ def _one_line(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key (remove it or check its spelling)"
         parts.append(f"{where}: {msg}")
-    return "; ".join(parts)
+    return " ".join("; ".join(parts).split())  # one line, even for keys with newlines in them
 
 
 def apply_override(doc: dict[str, Any], assignment: str) -> None:
