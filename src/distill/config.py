@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .augment import AugmentConfig
 from .errors import DistillError
 
 
@@ -45,6 +46,8 @@ class DistillConfig(Strict):
     temperature: float = Field(default=4.0, gt=0)
     alpha: float = Field(default=0.9, ge=0.0, le=1.0)
     options: dict[str, Any] = Field(default_factory=dict)
+    cache: str | None = None  # teacher cache directory (`distill cache`); the distilled phase then runs no teacher
+    teacher_precision: Literal["fp32", "bf16"] = "fp32"  # bf16: approximate, faster live teacher (fidelity logged)
 
     @model_validator(mode="after")
     def _method_and_options(self) -> DistillConfig:
@@ -96,6 +99,7 @@ class Recipe(Strict):
     teacher: TeacherConfig
     student: ModelConfig
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)  # seeded, replayable views (augment.py)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 

@@ -112,6 +112,8 @@ def fit(
         task = bar.add_task(phase, total=total, status="")
         for epoch in range(epochs):
             model.train()
+            if hasattr(getattr(loader, "dataset", None), "set_epoch"):
+                loader.dataset.set_epoch(epoch)  # augment.Augmented: epoch e uses view e % K
             teacher_model = getattr(teacher, "model", None)
             if teacher_model is not None:
                 teacher_model.eval()
