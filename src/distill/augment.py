@@ -3,8 +3,9 @@
 Why: a teacher cache stores the teacher's outputs for K augmented *views* of each training example, and the student
 must later see exactly the input the teacher scored (Beyer et al. 2022, "Knowledge distillation: A good teacher is
 patient and consistent" — inconsistent views cost accuracy; measured here, 1.5 points on Fashion-MNIST). So a view is
-never drawn from a global RNG: its parameters come from `numpy.random.default_rng([seed, index, view])`, and
-`Augmented(dataset, cfg)[i]` at epoch e always returns view `e % views` of example i, bit for bit.
+never drawn from a global RNG: its parameters are counter-based random numbers, a hash (splitmix64) of
+(seed, index, view, slot), computed for a whole batch at once; `Augmented(dataset, cfg)[i]` at epoch e always returns
+view `e % views` of example i, bit for bit, whatever batch or worker it lands in.
 
 Operations on image tensors `(C, H, W)` (applied in this order):
 - random crop with zero padding `crop_padding` pixels (shift of up to ±p pixels),
@@ -27,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from scipy.special import betaincinv
 from torch.utils.data import Dataset
 
 IGNORE_INDEX = -100
@@ -58,63 +60,97 @@ class AugmentConfig(BaseModel):
         return json.dumps(doc, sort_keys=True)
 
 
-def _rng(seed: int, index: int, view: int) -> np.random.Generator:
-    # SeedSequence mixes the three integers into independent streams; no global state is touched.
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), int(view)])
+_GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
-def _crop_flip(x: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:
-    """`(C, H, W) -> (C, H, W)`: shift by up to ±p pixels with zero fill, then maybe flip along W (zero-filled
-    shift == random crop of the padded image)."""
-    dy, dx = rng.integers(-cfg.crop_padding, cfg.crop_padding + 1, size=2) if cfg.crop_padding else (0, 0)
-    flip = bool(rng.integers(0, 2)) if cfg.flip else False
-    if dy or dx:
-        p = cfg.crop_padding
-        h, w = x.shape[-2:]
-        padded = torch.nn.functional.pad(x, (p, p, p, p))
-        x = padded[..., p + dy : p + dy + h, p + dx : p + dx + w]
-    if flip:
-        x = torch.flip(x, dims=(-1,))
-    return x.contiguous()
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on uint64 arrays (wrap-around arithmetic is intended)."""
+    with np.errstate(over="ignore"):
+        z = z + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
 
 
-def view_of(
-    x: torch.Tensor, index: int, view: int, cfg: AugmentConfig, seed: int, partner: Any = None
-) -> tuple[torch.Tensor, bool]:
-    """View `view` of example `index` with inputs `x (C, H, W)`. `partner(j) -> (C, H, W)` fetches example j for
-    mixing. Returns `(augmented (C, H, W), mixed)`."""
-    rng = _rng(seed, index, view)
-    x = _crop_flip(x, rng, cfg)
-    if cfg.mix == "none" or partner is None:
-        return x, False
-    do_mix = rng.random() < cfg.mix_prob
-    j = int(rng.integers(0, partner.size))
-    lam = float(rng.beta(cfg.mix_alpha, cfg.mix_alpha))
-    box = rng.random(2)
-    if not do_mix:
-        return x, False
-    other = _crop_flip(partner(j), _rng(seed, j, view), cfg.without_mix())
+def uniforms(seed: int, index: np.ndarray, view: np.ndarray, slots: int = 8) -> np.ndarray:
+    """Counter-based random numbers: `(B, slots)` float64 in [0, 1), a pure function of (seed, index, view, slot).
+    Vectorised (no per-example generator objects), identical whatever the batch an example lands in."""
+    idx = np.asarray(index, dtype=np.int64).astype(np.uint64)[:, None]
+    v = np.broadcast_to(np.asarray(view, dtype=np.int64), idx.shape[:1]).astype(np.uint64)[:, None]
+    slot = np.arange(slots, dtype=np.uint64)[None, :]
+    h = _mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ _mix64(idx ^ _mix64(v * np.uint64(64) + slot)))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _crop_flip(x: torch.Tensor, u: np.ndarray, cfg: AugmentConfig) -> torch.Tensor:
+    """`(B, ..., H, W)`: shift each example by (dy, dx) in [-p, p] with zero fill (= a random crop of the zero-padded
+    image), then flip along W where drawn. `u (B, >=3)` are the example's uniforms (slots 0, 1, 2)."""
+    p = cfg.crop_padding
+    if not (p or cfg.flip):
+        return x
+    if x.ndim < 3:
+        raise ValueError("augment.crop_padding/flip need image inputs (C, H, W) or (H, W)")
+    b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    dy = torch.from_numpy(np.floor(u[:, 0] * (2 * p + 1)).astype(np.int64) - p)  # (B,)
+    dx = torch.from_numpy(np.floor(u[:, 1] * (2 * p + 1)).astype(np.int64) - p)
+    flip = torch.from_numpy(u[:, 2] < 0.5) if cfg.flip else torch.zeros(b, dtype=torch.bool)
+    ar_h, ar_w = torch.arange(h), torch.arange(w)
+    rows = ar_h[None, :] + p + dy[:, None]  # (B, H) rows of the padded image
+    cols = torch.where(flip[:, None], w - 1 - ar_w[None, :], ar_w[None, :]) + p + dx[:, None]  # (B, W)
+    flat = x.reshape(b, -1, h, w)
+    padded = torch.nn.functional.pad(flat, (p, p, p, p))  # (B, L, H + 2p, W + 2p)
+    l, wp = padded.shape[1], padded.shape[-1]
+    out = padded.gather(2, rows[:, None, :, None].expand(b, l, h, wp))  # (B, L, H, W + 2p)
+    out = out.gather(3, cols[:, None, None, :].expand(b, l, h, w))  # (B, L, H, W)
+    return out.reshape(x.shape)
+
+
+def apply_views(
+    x: torch.Tensor, index: np.ndarray, view: np.ndarray | int, cfg: AugmentConfig, seed: int, partner: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of a batch: inputs `x (B, ...)` of examples `index (B,)`, view ids `view`. `partner(js) -> (B, ...)`
+    fetches un-augmented inputs of examples `js` for mixing. Returns `(augmented (B, ...), mixed (B,) bool)`.
+
+    Uniform slots per (example, view): 0-2 crop/flip, 3 mix or not, 4 partner, 5 lam, 6-7 cutmix box centre.
+    """
+    u = uniforms(seed, index, view)
+    x = _crop_flip(x, u, cfg)
+    b = x.shape[0]
+    mixed = torch.from_numpy(u[:, 3] < cfg.mix_prob) if cfg.mix != "none" and partner is not None else torch.zeros(b, dtype=torch.bool)
+    if not bool(mixed.any()):
+        return x, mixed
+    js = np.minimum(np.floor(u[:, 4] * partner.size).astype(np.int64), partner.size - 1)
+    other = _crop_flip(partner(js), uniforms(seed, js, view), cfg)  # the partner's own crop/flip
+    lam_np = u[:, 5] if cfg.mix_alpha == 1.0 else betaincinv(cfg.mix_alpha, cfg.mix_alpha, u[:, 5])  # Beta(a, a)
+    lam = torch.from_numpy(lam_np.astype(np.float32)).reshape(b, *([1] * (x.ndim - 1)))
+    x, other = x.float(), other.float()
     if cfg.mix == "mixup":
-        return lam * x + (1.0 - lam) * other, True
-    h, w = x.shape[-2:]  # cutmix: box of area (1 - lam) * H * W centred at a random point, clipped
-    bh, bw = int(round(h * np.sqrt(1 - lam))), int(round(w * np.sqrt(1 - lam)))
-    cy, cx = int(box[0] * h), int(box[1] * w)
-    y0, y1 = max(cy - bh // 2, 0), min(cy + bh // 2 + bh % 2, h)
-    x0, x1 = max(cx - bw // 2, 0), min(cx + bw // 2 + bw % 2, w)
-    out = x.clone()
-    out[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
-    return out, True
+        blend = lam * x + (1.0 - lam) * other
+    else:  # cutmix: a box of area ~(1 - lam) * H * W centred at a uniform point, clipped to the image
+        h, w = x.shape[-2], x.shape[-1]
+        bh = torch.from_numpy(np.round(h * np.sqrt(1 - lam_np)).astype(np.int64))
+        bw = torch.from_numpy(np.round(w * np.sqrt(1 - lam_np)).astype(np.int64))
+        cy = torch.from_numpy(np.floor(u[:, 6] * h).astype(np.int64))
+        cx = torch.from_numpy(np.floor(u[:, 7] * w).astype(np.int64))
+        y0, x0 = (cy - bh // 2).clamp(min=0), (cx - bw // 2).clamp(min=0)
+        y1, x1 = (cy - bh // 2 + bh).clamp(max=h), (cx - bw // 2 + bw).clamp(max=w)
+        ys, xs = torch.arange(h)[None, :], torch.arange(w)[None, :]
+        box = ((ys >= y0[:, None]) & (ys < y1[:, None]))[:, :, None] & ((xs >= x0[:, None]) & (xs < x1[:, None]))[:, None, :]
+        box = box.reshape(b, *([1] * (x.ndim - 3)), h, w)  # (B, 1.., H, W)
+        blend = torch.where(box, other, x)
+    mask = mixed.reshape(b, *([1] * (x.ndim - 1)))
+    return torch.where(mask, blend, x), mixed
 
 
 class _Partner:
-    """Fetches the (un-augmented) inputs of example j from the wrapped dataset."""
+    """Fetches the (un-augmented) inputs `(B, ...)` of examples `js` from the wrapped dataset."""
 
     def __init__(self, base: Dataset) -> None:
         self.base = base
         self.size = len(base)  # type: ignore[arg-type]
 
-    def __call__(self, j: int) -> torch.Tensor:
-        return torch.as_tensor(self.base[j]["inputs"])
+    def __call__(self, js: np.ndarray) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(self.base[int(j)]["inputs"]) for j in js])
 
 
 class Augmented(Dataset):
@@ -141,20 +177,29 @@ class Augmented(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.base[i]
-        if not isinstance(item, Mapping) or "inputs" not in item:
-            raise TypeError("Augmented wraps datasets whose items are dicts with 'inputs' (wrap yours in data.Indexed)")
-        out = dict(item)
-        index = int(out.get("index", i))
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """Batched fetch (the DataLoader calls this with a whole batch): one vectorised augmentation per batch."""
+        items = []
+        for i in indices:
+            item = self.base[i]
+            if not isinstance(item, Mapping) or "inputs" not in item:
+                raise TypeError("Augmented wraps datasets whose items are dicts with 'inputs' (wrap yours in data.Indexed)")
+            items.append(dict(item))
+        index = np.array([int(it.get("index", i)) for it, i in zip(items, indices)], dtype=np.int64)
         view = self.view
-        x = torch.as_tensor(out["inputs"])
         if self.cfg.active:
-            x, mixed = view_of(x, index, view, self.cfg, self.seed, self._partner)
-            if mixed and "labels" in out:
-                out["labels"] = torch.tensor(IGNORE_INDEX)
-        out["inputs"] = x
-        out["view"] = torch.tensor(view)
-        return out
+            x = torch.stack([torch.as_tensor(it["inputs"]) for it in items])
+            x, mixed = apply_views(x, index, view, self.cfg, self.seed, self._partner)
+            for k, it in enumerate(items):
+                it["inputs"] = x[k]
+                if bool(mixed[k]) and "labels" in it:
+                    it["labels"] = torch.tensor(IGNORE_INDEX)
+        v = torch.tensor(view)
+        for it in items:
+            it["view"] = v
+        return items
 
 
 def augmented(ds: Dataset, cfg: AugmentConfig | None, seed: int, *, mix: bool = True) -> Dataset:
