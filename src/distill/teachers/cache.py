@@ -55,7 +55,7 @@ def teacher_fingerprint(model: torch.nn.Module) -> str:
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -68,14 +68,14 @@ def data_fingerprint(ds: Any) -> str:
     if isinstance(tensors, tuple) and tensors and isinstance(tensors[0], torch.Tensor):
         x = tensors[0].detach().cpu().contiguous()
         h.update(f"{x.dtype}|{tuple(x.shape)}|".encode())
-        h.update(x.view(torch.uint8).numpy().tobytes())
+        h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
     for i in range(len(ds)):
         x = ds[i]
         x = x["inputs"] if isinstance(x, dict) else (x[0] if isinstance(x, (tuple, list)) else x)
         x = torch.as_tensor(x).detach().cpu().contiguous()
         h.update(f"{x.dtype}|{tuple(x.shape)}|".encode())
-        h.update(x.view(torch.uint8).numpy().tobytes())
+        h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..batch import forward_logits, inputs_of
+from .execution import choose_execution, with_memory_format
 
 
 class TeacherSource(Protocol):
@@ -55,11 +56,9 @@ class LiveTeacher:
         )
         inputs = inputs_of(batch)
         if self.execution is None:
-            from .execution import choose_execution
-
             self.execution = choose_execution(self.model, inputs, enabled=self.tune, autocast=self.autocast)
-        if self.execution["memory_format"] == "channels_last" and isinstance(inputs, torch.Tensor):
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if self.execution["memory_format"] == "channels_last":
+            inputs = with_memory_format(inputs, torch.channels_last)
         with torch.inference_mode(), ctx:
             logits = forward_logits(self.model, inputs).float()
         # Inference tensors cannot be saved for backward; a clone of (B, C) logits is cheap.
