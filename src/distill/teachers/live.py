@@ -1,7 +1,8 @@
 """A live teacher: a frozen model run under `torch.inference_mode()` in eval mode on every batch.
 
 On its first batch a `LiveTeacher` picks the fastest *exact* execution for the model (`execution.choose_execution`:
-channels_last memory format for conv teachers when it is faster and its logits match within 1e-5).
+for conv teachers, the fastest of eager / channels_last / conv-BN folding / TorchScript whose logits match eager within
+1e-5), run on copies of the model; the model itself is never modified.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..batch import forward_logits, inputs_of
-from .execution import choose_execution, with_memory_format
+from ..batch import inputs_of
+from .execution import choose_execution
 
 
 class TeacherSource(Protocol):
@@ -37,9 +38,11 @@ class LiveTeacher:
         self.autocast = autocast
         self.tune = tune  # pick the fastest exact execution on the first batch
         self.execution: dict[str, Any] | None = None  # what was chosen, with the measured max |diff| and speed-up
+        self._run: Any = None  # inputs -> logits, the chosen execution
 
     def to(self, device: torch.device) -> LiveTeacher:
         self.model.to(device)
+        self.execution = self._run = None  # re-chosen on the new device
         return self
 
     @property
@@ -55,11 +58,9 @@ class LiveTeacher:
             else contextlib.nullcontext()
         )
         inputs = inputs_of(batch)
-        if self.execution is None:
-            self.execution = choose_execution(self.model, inputs, enabled=self.tune, autocast=self.autocast)
-        if self.execution["memory_format"] == "channels_last":
-            inputs = with_memory_format(inputs, torch.channels_last)
+        if self._run is None:
+            self.execution, self._run = choose_execution(self.model, inputs, enabled=self.tune, autocast=self.autocast)
         with torch.inference_mode(), ctx:
-            logits = forward_logits(self.model, inputs).float()
+            logits = self._run(inputs).float()
         # Inference tensors cannot be saved for backward; a clone of (B, C) logits is cheap.
         return logits.clone()
