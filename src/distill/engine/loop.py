@@ -147,7 +147,7 @@ def fit(
                     record = {"phase": phase, "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
                     record.update({k: float(v.detach()) for k, v in out.items() if v.ndim == 0})
                     log.log(record)
-                    bar.update(task, status=f"loss {float(loss):.4f}")
+                    bar.update(task, status=f"loss {float(loss.detach()):.4f}")
                 bar.advance(task)
                 if step >= total:
                     break

@@ -1,0 +1,97 @@
+"""The training loop and the KD method: frozen teacher, gradients only to the student, non-finite policy."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from distill.config import TrainConfig
+from distill.engine.loop import NonFiniteLossError, fit
+from distill.losses import hinton_loss
+from distill.methods import METHODS, build_method
+from distill.teachers import LiveTeacher
+
+
+def data(n: int = 64) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def models() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(6, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3))
+    student = nn.Linear(6, 3)
+    return teacher, student
+
+
+def test_kd_method_equals_hinton_loss() -> None:
+    teacher, student = models()
+    method = build_method("kd", student, LiveTeacher(teacher), temperature=3.0, alpha=0.7)
+    x, y = next(iter(data()))
+    out = method((x, y))
+    with torch.no_grad():
+        expected = hinton_loss(student(x), teacher.eval()(x), y, temperature=3.0, alpha=0.7)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(out) == {"loss", "soft", "hard"}
+
+
+def test_teacher_is_not_a_submodule_and_stays_frozen() -> None:
+    teacher, student = models()
+    before = copy.deepcopy(teacher.state_dict())
+    method = build_method("kd", student, LiveTeacher(teacher), temperature=4.0, alpha=0.9)
+    assert {id(p) for p in method.parameters()} == {id(p) for p in student.parameters()}
+    start = copy.deepcopy(student.state_dict())
+    summary = fit(method, data(), TrainConfig(epochs=2), accelerator=Accelerator(cpu=True), phase="t", progress=False)
+    assert summary["steps"] == 8
+    for k, v in teacher.state_dict().items():  # weights *and* BatchNorm running stats bit-identical
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not teacher.training
+    assert any(not torch.equal(v, start[k]) for k, v in student.state_dict().items())
+
+
+def test_same_seed_same_result() -> None:
+    results = []
+    for _ in range(2):
+        teacher, student = models()
+        method = build_method("kd", student, LiveTeacher(teacher), temperature=2.0, alpha=0.5)
+        fit(method, data(), TrainConfig(epochs=1), accelerator=Accelerator(cpu=True), phase="t", progress=False)
+        results.append(student.weight.detach().clone())
+    assert torch.equal(results[0], results[1])
+
+
+class NaNAfter(nn.Module):
+    """Returns NaN logits for every call after the first `good` ones."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+        self.calls, self.good = 0, good
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.lin(x)
+        return out if self.calls <= self.good else out * float("nan")
+
+
+def test_nonfinite_steps_are_skipped_then_abort() -> None:
+    student = NaNAfter(good=2)
+    method = build_method("scratch", student, None)
+    cfg = TrainConfig(epochs=3, max_nonfinite=3, log_every=1)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps"):
+        fit(method, data(), cfg, accelerator=Accelerator(cpu=True), phase="nan", progress=False)
+    assert torch.isfinite(student.lin.weight).all()  # the NaN steps never updated the weights
+
+
+def test_every_registered_method_builds() -> None:
+    teacher, student = models()
+    for name in METHODS.names():
+        m = build_method(name, copy.deepcopy(student), LiveTeacher(copy.deepcopy(teacher)))
+        assert isinstance(m, nn.Module)
