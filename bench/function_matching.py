@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--views", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train, test = fmnist_idx.load("train"), fmnist_idx.load("test")
@@ -68,9 +70,9 @@ def main() -> None:
     started = time.perf_counter()
     torch.manual_seed(0)
     teacher = teacher_net()
-    tloader = DataLoader(augmented(Indexed(train_ds.base), views.without_mix(), 0), batch_size=128, shuffle=True,
+    tloader = DataLoader(augmented(Indexed(train_ds.base), views.without_mix(), 0), batch_size=args.batch_size, shuffle=True,
                          generator=torch.Generator().manual_seed(0))
-    Distiller(None, teacher, method="scratch", lr=2e-3, progress=False).fit(tloader, epochs=args.teacher_epochs)
+    Distiller(None, teacher, method="scratch", lr=args.lr, progress=False).fit(tloader, epochs=args.teacher_epochs)
     teacher.eval()
     teacher_acc = accuracy(teacher, test_loader)
     print(json.dumps({"teacher_test_accuracy": teacher_acc, "teacher_train_s": round(time.perf_counter() - started, 1)}), flush=True)
@@ -95,10 +97,10 @@ def main() -> None:
                 torch.manual_seed(seed)
                 student = create_model("cnn", input_shape=(1, 28, 28), num_classes=10, channels=[16, 32])
                 ds = augmented(train_ds, v["aug"], 0, mix=v["method"] != "scratch")  # seed 0: the views the cache holds
-                loader = DataLoader(ds, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(seed))
+                loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
                 source = caches[v["source"]] if v["source"] else None
                 t0 = time.perf_counter()
-                d = Distiller(source, student, method=v["method"], temperature=v["T"], alpha=v["alpha"], lr=2e-3,
+                d = Distiller(source, student, method=v["method"], temperature=v["T"], alpha=v["alpha"], lr=args.lr,
                               progress=False).fit(loader, epochs=v["epochs"])
                 acc = accuracy(d.student, test_loader)
                 results[name].append(acc)

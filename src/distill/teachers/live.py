@@ -41,8 +41,9 @@ class LiveTeacher:
         self._run: Any = None  # inputs -> logits, the chosen execution
 
     def to(self, device: torch.device) -> LiveTeacher:
-        self.model.to(device)
-        self.execution = self._run = None  # re-chosen on the new device
+        if torch.device(device) != self.device:
+            self.model.to(device)
+            self.execution = self._run = None  # re-chosen on the new device (once per device, not per call)
         return self
 
     @property
