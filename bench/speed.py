@@ -155,6 +155,9 @@ def main() -> None:
         "samples_per_s": {k: round(v, 1) for k, v in thr.items()},
         "spread": {k: [round(min(v), 1), round(max(v), 1)] for k, v in runs.items()},
         "teacher_cost_over_student_cost": round(teacher_over_student, 3),
+        # Amdahl: a cached step is a student step, so cached/hand <= (hand step time) / (student step time); the
+        # share of the hand-written step spent outside the student step bounds what any cache can give.
+        "hand_step_share_outside_student": round(1 - thr["hand"] / thr["plain"], 3),
         "teacher_execution": live.execution,
         "cache_build_s": round(cache_s, 2),
         "setup": {"data": source, "examples": len(ds), "batch": BATCH, "steps": args.steps, "repeats": args.repeats,
