@@ -79,3 +79,8 @@ def test_cache_needs_teacher_weights(tmp_path, tiny_overrides, capsys) -> None:
     code, out = _run(["run", str(RECIPES / "digits.yaml"), *sets, "--set", "distill.cache=nowhere",
                       "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "teacher.weights" in out and not (tmp_path / "r").exists()
+
+
+def test_function_matching_recipe_validates() -> None:
+    r = load_recipe(RECIPES / "digits-function-matching.yaml")
+    assert r.augment.mix == "mixup" and r.augment.views > 1 and r.distill.alpha == 1.0
