@@ -81,8 +81,12 @@ def hand_loop(teacher: nn.Module, student: nn.Module, loader: DataLoader, steps:
     return n / (time.perf_counter() - start)
 
 
+CHANNELS_LAST = False
+
+
 def ours(method: nn.Module, loader: DataLoader, steps: int, acc: Accelerator) -> float:
-    cfg = TrainConfig(epochs=1, lr=LR, optimizer="adam", scheduler="constant", max_steps=steps, log_every=10)
+    cfg = TrainConfig(epochs=1, lr=LR, optimizer="adam", scheduler="constant", max_steps=steps, log_every=10,
+                      channels_last=CHANNELS_LAST)
     return fit(method, loader, cfg, accelerator=acc, phase="bench", progress=False)["samples_per_s"]
 
 
@@ -101,9 +105,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--channels-last", action="store_true", help="our engine with train.channels_last=true")
     ap.add_argument("--examples", type=int, default=10240, help="training examples used (cache built over them)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global CHANNELS_LAST
+    CHANNELS_LAST = args.channels_last
     torch.manual_seed(0)
     data = fmnist_idx.load("train")
     source = "fashion-mnist" if data is not None else "random"
@@ -161,7 +168,7 @@ def main() -> None:
         "teacher_execution": live.execution,
         "cache_build_s": round(cache_s, 2),
         "setup": {"data": source, "examples": len(ds), "batch": BATCH, "steps": args.steps, "repeats": args.repeats,
-                  "threads": args.threads, "teacher_params": sum(p.numel() for p in teacher.parameters()),
+                  "threads": args.threads, "train.channels_last": args.channels_last, "teacher_params": sum(p.numel() for p in teacher.parameters()),
                   "student_params": sum(p.numel() for p in student0.parameters()), "torch": torch.__version__},
     }))
 

@@ -206,3 +206,21 @@ def test_missing_index_is_a_clear_error(built) -> None:
         CachedTeacher(dense)((torch.rand(2, 1, 8, 8), torch.tensor([0, 1])))
     manifest = json.loads((dense / "manifest.json").read_text())
     assert manifest["views"] == 3 and manifest["storage"] == "dense"
+
+
+def test_channels_last_training_option(built) -> None:
+    from accelerate import Accelerator
+
+    from distill.config import TrainConfig
+    from distill.engine.loop import fit
+    from distill.methods import build_method
+
+    dense, _, teacher, train = built
+    torch.manual_seed(0)
+    student = create_model("cnn", input_shape=(1, 8, 8), num_classes=10, channels=[4, 8])
+    method = build_method("kd", student, CachedTeacher(dense))
+    loader = DataLoader(Augmented(train, AUG, 3), batch_size=32)
+    cfg = TrainConfig(epochs=1, max_steps=2, channels_last=True)
+    out = fit(method, loader, cfg, accelerator=Accelerator(cpu=True), phase="t", progress=False)
+    assert out["steps"] == 2 and out["skipped_steps"] == 0
+    assert student.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)

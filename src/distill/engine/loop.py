@@ -94,6 +94,8 @@ def fit(
     if teacher is not None:
         teacher.to(accelerator.device)  # moved, not prepared: no DDP wrapper, no optimizer state
     method.to(accelerator.device)
+    if cfg.channels_last:  # 4-D (conv) weights to NHWC; conv/BN/pool then run channels_last, same math
+        method.to(memory_format=torch.channels_last)
     setup = getattr(method, "setup", None)
     if setup is not None:  # shape-dependent submodules (projectors) must exist before the optimizer
         setup(to_device(_peek(loader), accelerator.device))
