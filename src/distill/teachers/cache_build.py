@@ -38,16 +38,17 @@ def _views(train: Dataset, augment: AugmentConfig, seed: int, view: int) -> Data
     return Augmented(train, augment, seed, view=view)
 
 
-def _prepare_dir(out: Path, rebuild: bool, keys: dict[str, str]) -> dict[str, Any] | None:
+def _prepare_dir(out: Path, rebuild: bool, keys: dict[str, str], layout: dict[str, Any]) -> dict[str, Any] | None:
     """Returns the manifest of an up-to-date cache (nothing to do), or None after clearing the way for a build."""
     if out.exists() and not out.is_dir():
         raise DistillError(f"cache path {str(out)!r} is a file; choose a directory with --out")
     if out.is_dir() and any(out.iterdir()):
         if (out / MANIFEST).is_file() and not rebuild:
-            doc = read_manifest(out)
-            if all(doc.get(k) == v for k, v in keys.items()):
-                return doc
-            CachedTeacher(out, expect=keys)  # raises the one-line "stale: built for ..." message
+            doc = CachedTeacher(out, expect=keys).manifest  # raises "stale: built for ..." or "truncated or corrupt"
+            for key, want in layout.items():
+                if doc.get(key) != want:
+                    raise DistillError(f"cache {str(out)!r} has {key}={doc.get(key)}, not {want}; pass --rebuild to change it")
+            return doc
         if not rebuild:
             raise DistillError(f"{str(out)!r} holds a partial cache or other files; pass --rebuild to replace it")
         known = {MANIFEST, f".{MANIFEST}.tmp", *DENSE_FILES, *TOPK_FILES}
@@ -90,7 +91,8 @@ def build_cache(
     augment = augment or AugmentConfig()
     out = Path(out)
     keys = cache_keys(teacher, train, augment, seed, precision)
-    existing = _prepare_dir(out, rebuild, keys)
+    layout = {"storage": storage, "topk": topk if storage == "topk" else None}
+    existing = _prepare_dir(out, rebuild, keys, layout)
     if existing is not None:
         return {**existing, "up_to_date": True}
     live = LiveTeacher(teacher, autocast=torch.bfloat16 if precision == "bf16" else None)
