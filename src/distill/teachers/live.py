@@ -2,7 +2,8 @@
 
 On its first batch a `LiveTeacher` picks the fastest *exact* execution for the model (`execution.choose_execution`:
 for conv teachers, the fastest of eager / channels_last / conv-BN folding / TorchScript whose logits match eager within
-1e-5), run on copies of the model; the model itself is never modified.
+1e-5), run on copies of the model taken then; the model itself is never modified (re-create the LiveTeacher if its
+weights change later).
 """
 
 from __future__ import annotations
