@@ -95,7 +95,7 @@ def _candidates(model: nn.Module, inputs: Any, autocast: torch.dtype | None) -> 
 
 @torch.inference_mode()
 def choose_execution(
-    model: nn.Module, inputs: Any, *, enabled: bool = True, autocast: torch.dtype | None = None, repeats: int = 3
+    model: nn.Module, inputs: Any, *, enabled: bool = True, autocast: torch.dtype | None = None, repeats: int = 5
 ) -> tuple[dict[str, Any], Callable[[Any], torch.Tensor]]:
     """Time the exact candidates for `model` on the batch inputs `inputs` (images `(B, C, H, W)`) and return
     `(record, run)`: `run(inputs) -> logits` is the fastest whose logits match eager within 1e-5 (scaled by the
