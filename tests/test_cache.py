@@ -224,3 +224,26 @@ def test_channels_last_training_option(built) -> None:
     out = fit(method, loader, cfg, accelerator=Accelerator(cpu=True), phase="t", progress=False)
     assert out["steps"] == 2 and out["skipped_steps"] == 0
     assert student.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+class _ShapeBranch(torch.nn.Module):
+    """A teacher whose output depends on the batch size: a traced graph would freeze one branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).mean((2, 3))
+        return self.head(h * 2 if x.shape[0] > 10 else h)
+
+
+def test_inexact_execution_is_never_chosen() -> None:
+    live = LiveTeacher(_ShapeBranch())
+    x = torch.rand(32, 1, 8, 8)
+    live({"inputs": x})
+    cands = live.execution["candidates"]
+    assert cands.get("torchscript", {"max_abs_diff": 1.0})["max_abs_diff"] > 1e-3  # caught on the 1-example slice
+    assert live.execution["execution"] != "torchscript"
+    with torch.no_grad():
+        assert torch.allclose(live({"inputs": x[:3]}), live.model(x[:3]), atol=1e-5)
