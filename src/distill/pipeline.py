@@ -232,7 +232,8 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool) -> None:
         report = evaluate_models({"teacher": teacher, **students}, p, acc.device)
         report["phases"] = phases
         report["recipe"] = {"name": r.name, "seed": r.seed, "method": r.distill.method,
-                            "temperature": r.distill.temperature, "alpha": r.distill.alpha}
+                            "temperature": r.distill.temperature, "alpha": r.distill.alpha,
+                            "labelled_fraction": r.data.labelled_fraction}
         tmp = run_dir / ".report.json.tmp"
         tmp.write_text(json.dumps(report, indent=2))
         tmp.replace(run_dir / "report.json")

@@ -85,6 +85,10 @@ def page(report: dict[str, Any], images: dict[str, str], verdict: str, config_es
     sub = (f"dataset {ds.get('name', '?')} ({ds.get('train_size', '?')} train / {ds.get('test_size', '?')} test) · "
            f"method {recipe.get('method', '?')} · T={recipe.get('temperature', '?')} · alpha={recipe.get('alpha', '?')} · "
            f"seed {recipe.get('seed', '?')}")
+    frac = recipe.get("labelled_fraction", 1.0)
+    if frac is not None and frac < 1.0:
+        sub += (f" · students saw labels on {100 * frac:.0f}% of the training set and the teacher's soft targets on all"
+                " of it (the teacher saw every label)")
     speed_note = (f"Latency: batch 1 on {sp.get('device', 'cpu')}, {sp.get('threads', '?')} thread(s), "
                   f"{sp.get('warmup', '?')} warm-up + {sp.get('latency_runs', '?')} timed runs; throughput at batch "
                   f"{sp.get('throughput_batch', '?')}. Agreement and KL are measured against the teacher on the test set.")
