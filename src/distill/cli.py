@@ -81,6 +81,29 @@ def run(
 
 
 @app.command()
+def cache(
+    recipe: Path = typer.Argument(..., help="YAML recipe with teacher.weights set."),
+    out: Optional[Path] = typer.Option(None, help="Cache directory (default distill.cache, else caches/<name>)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set augment.views=8"),
+    storage: str = typer.Option("dense", help="dense (float16 log-probs) or topk (values + indices + rest mass)."),
+    topk: int = typer.Option(5, help="Classes kept per view with --storage topk."),
+    rebuild: bool = typer.Option(False, help="Replace a stale, partial or mismatched cache."),
+) -> None:
+    """Run the teacher once over augment.views views of the training data and store its outputs."""
+    from .config import load_recipe
+    from .teachers.cache_build import build_recipe_cache
+
+    started = time.perf_counter()
+    path, m = build_recipe_cache(load_recipe(recipe, set_), out, storage=storage, topk=topk, rebuild=rebuild)
+    f = m["fidelity"]
+    state = "up to date" if m["up_to_date"] else f"built in {time.perf_counter() - started:.1f} s"
+    console.print(f"cache {path}: {state}; {m['num_examples']} examples x {m['views']} views, {m['storage']}, "
+                  f"{m['bytes_per_example']:.0f} bytes/example")
+    console.print(f"fidelity on {f['sample']} views: KL(live||cached) {f['kl_T1']:.2e} at T=1, {f['kl_T']:.2e} at "
+                  f"T={f['temperature']:g}; top-1 agreement {100 * f['top1_agreement']:.2f}%")
+
+
+@app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """(Re)build report.html from a run directory's artifacts and print its table."""
     from .report import render

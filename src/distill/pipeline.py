@@ -23,6 +23,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .augment import augmented
 from .batch import forward_logits, inputs_of
 from .config import Recipe, dump_recipe
 from .data import DataBundle, load_data
@@ -35,7 +36,7 @@ from .engine.metrics import MetricsLog
 from .errors import DistillError
 from .methods import METHODS, build_method
 from .models import create_model
-from .teachers import LiveTeacher, freeze
+from .teachers import CachedTeacher, LiveTeacher, freeze
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Prepared:
     data: DataBundle
     teacher: nn.Module
     student_init: nn.Module  # the student's initial weights, shared by the scratch and distilled phases
+    cache: CachedTeacher | None = None  # distill.cache, checked against this teacher, data and augmentation
 
 
 def _loader(ds, batch_size: int, *, shuffle: bool, seed: int, workers: int = 0) -> DataLoader:
@@ -101,7 +103,22 @@ def prepare(recipe: Recipe) -> Prepared:
             f"models predict {counts['student']} classes but dataset {recipe.data.name!r} has {data.num_classes}; "
             "set num_classes in the model kwargs or data.num_classes"
         )
-    return Prepared(recipe, data, teacher, student)
+    return Prepared(recipe, data, teacher, student, _open_cache(recipe, data, teacher))
+
+
+def _open_cache(recipe: Recipe, data: DataBundle, teacher: nn.Module) -> CachedTeacher | None:
+    """The recipe's teacher cache, refused (DistillError) unless built for this teacher, data and augmentation."""
+    if recipe.distill.cache is None:
+        return None
+    if recipe.teacher.weights is None:
+        raise DistillError("distill.cache needs a trained teacher: set teacher.weights to the weights the cache was built with")
+    from .teachers.cache_build import cache_keys
+
+    keys = cache_keys(teacher, data.train, recipe.augment, recipe.seed, recipe.distill.teacher_precision)
+    cache = CachedTeacher(recipe.distill.cache, expect=keys)
+    if cache.num_classes != data.num_classes:
+        raise DistillError(f"teacher cache has {cache.num_classes} classes but the data has {data.num_classes}; rebuild it")
+    return cache
 
 
 def _make_run_dir(out: Path, overwrite: bool) -> Path:
@@ -200,6 +217,7 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     def train(name: str, method: nn.Module, **kw: Any) -> dict[str, Any]:
         set_seed(r.seed)  # same seed, same data order, same dropout draws for every phase
         train_set = data.teacher_train if name == "teacher" else data.train
+        train_set = augmented(train_set, r.augment, r.seed, mix=name == "distilled")  # mixing needs a teacher
         loader = _loader(train_set, r.data.batch_size, shuffle=True, seed=r.seed, workers=r.data.num_workers)
         return fit(method, loader, r.train, accelerator=acc, phase=name, log=log, evaluate=val, progress=progress,
                    checkpointer=ckpt, **kw)
@@ -221,12 +239,15 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         method = build_method(
             method_name,
             student,
-            LiveTeacher(teacher) if needs_teacher else None,
+            _source(p, teacher) if needs_teacher else None,
             temperature=r.distill.temperature,
             alpha=r.distill.alpha,
             options=r.distill.options if name == "distilled" else None,
         )
         phases[name] = train(name, method)
+        execution = getattr(method.teacher, "execution", None)
+        if execution:
+            phases[name]["teacher_execution"] = execution
         students[name] = acc.unwrap_model(method).student
         if acc.is_main_process:
             save_weights(students[name], run_dir / "checkpoints" / f"{name}.safetensors")
@@ -244,6 +265,14 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         render(run_dir)
     acc.wait_for_everyone()  # no process returns before the report exists
     acc.end_training()
+
+
+def _source(p: Prepared, teacher: nn.Module) -> CachedTeacher | LiveTeacher:
+    """The distilled phase's teacher: the cache when the recipe names one (no teacher forward), else live."""
+    if p.cache is not None:
+        return p.cache
+    bf16 = p.recipe.distill.teacher_precision == "bf16"
+    return LiveTeacher(teacher, autocast=torch.bfloat16 if bf16 else None)
 
 
 def evaluate_models(models: dict[str, nn.Module], p: Prepared, device: torch.device) -> dict[str, Any]:

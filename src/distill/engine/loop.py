@@ -110,6 +110,8 @@ def fit(
     if teacher is not None:
         teacher.to(accelerator.device)  # moved, not prepared: no DDP wrapper, no optimizer state
     method.to(accelerator.device)
+    if cfg.channels_last:  # 4-D (conv) weights to NHWC; conv/BN/pool then run channels_last, same math
+        method.to(memory_format=torch.channels_last)
     setup = getattr(method, "setup", None)
     if setup is not None:  # shape-dependent submodules (projectors) must exist before the optimizer
         setup(to_device(_peek(loader), accelerator.device))
@@ -145,6 +147,8 @@ def fit(
         bar.update(task, completed=step)
         for epoch in range(start_epoch, epochs):
             model.train()
+            if hasattr(getattr(loader, "dataset", None), "set_epoch"):
+                loader.dataset.set_epoch(epoch)  # augment.Augmented: epoch e uses view e % K
             teacher_model = getattr(teacher, "model", None)
             if teacher_model is not None:
                 teacher_model.eval()

@@ -8,6 +8,7 @@ Sources are deliberately *not* `nn.Module`s held as submodules of a method, so `
 wraps the teacher for DDP and the optimizer never sees its parameters.
 """
 
+from .cache import CachedTeacher
 from .live import LiveTeacher, TeacherSource, freeze
 
-__all__ = ["LiveTeacher", "TeacherSource", "freeze"]
+__all__ = ["CachedTeacher", "LiveTeacher", "TeacherSource", "freeze"]
