@@ -113,6 +113,27 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
     console.print(f"report: {path}")
 
 
+@app.command()
+def pairs(
+    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/fashion-mnist.yaml"),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set distill.method=fitnet"),
+) -> None:
+    """Print the teacher<->student layer pairing a feature method would use (nothing is trained or written)."""
+    from .config import load_recipe
+    from .pairing import pairing_for_recipe, projector_params
+
+    r = load_recipe(recipe, set_)
+    mode, found = pairing_for_recipe(r)
+    table = Table(title=f"{r.name}: {r.distill.method} pairs ({mode} mode)")
+    for col in ("student layer", "shape", "depth", "teacher layer", "shape ", "depth ", "projector", "params"):
+        table.add_column(col, justify="left" if "layer" in col or col == "projector" else "right")
+    for p in found:
+        depth = lambda d: "-" if d is None else f"{d:.2f}"  # noqa: E731
+        table.add_row(p.student, str(p.student_shape), depth(p.student_depth), p.teacher, str(p.teacher_shape),
+                      depth(p.teacher_depth), p.projector, f"{projector_params(p):,}")
+    console.print(table)
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
     """Our warnings as one `warning: ...` line; everyone else's as Python formats them."""
     if issubclass(category, DistillWarning):

@@ -13,7 +13,7 @@ import datetime as dt
 import importlib.util
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class Prepared:
     data: DataBundle
     teacher: nn.Module
     student_init: nn.Module  # the student's initial weights, shared by the scratch and distilled phases
+    extra_teachers: list[nn.Module] = field(default_factory=list)  # further teachers a method asks for (ensemble)
     cache: CachedTeacher | None = None  # distill.cache, checked against this teacher, data and augmentation
 
 
@@ -79,9 +80,15 @@ def prepare(recipe: Recipe) -> Prepared:
     if recipe.teacher.weights:
         load_weights(teacher, recipe.teacher.weights)
     student = create_model(recipe.student.name, **kw, **recipe.student.kwargs)
+    method_cls = METHODS.get(recipe.distill.method)
+    extra = [create_model(c.name, **kw, **c.kwargs) for c in method_cls.extra_teachers(recipe.distill.options)]
+    for c, model in zip(method_cls.extra_teachers(recipe.distill.options), extra):
+        if c.weights:
+            load_weights(model, c.weights)
     batch = _example(data.train, 2)
     counts = {}
-    for role, model in (("teacher", teacher), ("student", student)):
+    roles = [("teacher", teacher), ("student", student)] + [(f"teacher {i}", m) for i, m in enumerate(extra, start=1)]
+    for role, model in roles:
         model.eval()
         try:
             with torch.no_grad():
@@ -93,6 +100,8 @@ def prepare(recipe: Recipe) -> Prepared:
                 f"fix {role}.name/{role}.kwargs"
             ) from None
         model.train()
+    if any(counts[role] != counts["teacher"] for role, _ in roles[2:]):
+        raise DistillError("the teachers in distill.options.teachers predict a different number of classes; fix their kwargs")
     if counts["teacher"] != counts["student"]:
         raise DistillError(
             f"teacher predicts {counts['teacher']} classes but student predicts {counts['student']}; "
@@ -103,7 +112,8 @@ def prepare(recipe: Recipe) -> Prepared:
             f"models predict {counts['student']} classes but dataset {recipe.data.name!r} has {data.num_classes}; "
             "set num_classes in the model kwargs or data.num_classes"
         )
-    return Prepared(recipe, data, teacher, student, _open_cache(recipe, data, teacher))
+    method_cls.check(student, teacher, batch, recipe.distill.options)  # e.g. layer paths and pairing, before any write
+    return Prepared(recipe, data, teacher, student, extra, _open_cache(recipe, data, teacher))
 
 
 def _open_cache(recipe: Recipe, data: DataBundle, teacher: nn.Module) -> CachedTeacher | None:
@@ -216,8 +226,8 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
 
     def train(name: str, method: nn.Module, **kw: Any) -> dict[str, Any]:
         set_seed(r.seed)  # same seed, same data order, same dropout draws for every phase
-        train_set = data.teacher_train if name == "teacher" else data.train
-        train_set = augmented(train_set, r.augment, r.seed, mix=name == "distilled")  # mixing needs a teacher
+        train_set = data.teacher_train if name.startswith("teacher") else data.train
+        train_set = augmented(train_set, r.augment, r.seed, mix=name.startswith("distilled"))  # mixing needs a teacher
         loader = _loader(train_set, r.data.batch_size, shuffle=True, seed=r.seed, workers=r.data.num_workers)
         return fit(method, loader, r.train, accelerator=acc, phase=name, log=log, evaluate=val, progress=progress,
                    checkpointer=ckpt, **kw)
@@ -232,25 +242,38 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         save_weights(teacher, run_dir / "checkpoints" / "teacher.safetensors")
     freeze(teacher)
 
+    # What the method needs is read from its class (extra teachers, generations, its teacher source): no method
+    # names here. Plain KD: no extra teachers, one generation, the recipe's teacher.
+    cls, opts = METHODS.get(r.distill.method), r.distill.options
+    extra: list[nn.Module] = []
+    for i, (cfg, model) in enumerate(zip(cls.extra_teachers(opts), p.extra_teachers), start=1):
+        if cfg.weights is None:
+            epochs, lr = cfg.epochs or r.teacher.epochs, cfg.lr or r.teacher.lr
+            phases[f"teacher.{i}"] = train(f"teacher.{i}", build_method("scratch", model, None), epochs=epochs, lr=lr)
+        extra.append(freeze(acc.unwrap_model(model)))
     students: dict[str, nn.Module] = {}
-    for name, method_name in (("scratch", "scratch"), ("distilled", r.distill.method)):
-        student = copy.deepcopy(p.student_init)
-        needs_teacher = METHODS.get(method_name).needs_teacher
+    scratch = build_method("scratch", copy.deepcopy(p.student_init), None)
+    phases["scratch"] = train("scratch", scratch)
+    students["scratch"] = previous = acc.unwrap_model(scratch).student
+    if acc.is_main_process:
+        save_weights(students["scratch"], run_dir / "checkpoints" / "scratch.safetensors")
+    generations = cls.generations(opts)
+    for g in range(generations):
+        name = "distilled" if g == generations - 1 else f"distilled.{g + 1}"
+        models = {"teacher": teacher, "extra": extra, "previous": freeze(copy.deepcopy(previous)), "generation": g}
         method = build_method(
-            method_name,
-            student,
-            _source(p, teacher) if needs_teacher else None,
-            temperature=r.distill.temperature,
-            alpha=r.distill.alpha,
-            options=r.distill.options if name == "distilled" else None,
+            r.distill.method, copy.deepcopy(p.student_init),
+            cls.teacher_source({**models, "source": _source(p, teacher)}, opts, r.distill.temperature),
+            temperature=r.distill.temperature, alpha=r.distill.alpha, options=opts,
         )
         phases[name] = train(name, method)
         execution = getattr(method.teacher, "execution", None)
         if execution:
             phases[name]["teacher_execution"] = execution
-        students[name] = acc.unwrap_model(method).student
+        previous = acc.unwrap_model(method).student
         if acc.is_main_process:
-            save_weights(students[name], run_dir / "checkpoints" / f"{name}.safetensors")
+            save_weights(previous, run_dir / "checkpoints" / f"{name}.safetensors")
+    students["distilled"] = previous
 
     if acc.is_main_process:
         save_weights(students["distilled"], run_dir / "student.safetensors")

@@ -161,6 +161,6 @@ def load_data(
     )
 
 
-from . import arrays, digits  # noqa: E402,F401  (fill the registry)
+from . import arrays, digits, fashion_mnist  # noqa: E402,F401  (fill the registry)
 
 __all__ = ["DATASETS", "DataBundle", "Indexed", "load_data", "register_dataset"]

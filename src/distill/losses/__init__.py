@@ -1,5 +1,30 @@
-"""Pure loss functions. See `logits.py` for the Hinton KD family."""
+"""Pure loss functions: `logits.py` (Hinton KD family, DKD, logit standardisation), `features.py` (hint, attention,
+RKD, PKT, CRD, cosine)."""
 
-from .logits import IGNORE_INDEX, binary_kd_loss, hard_loss, hinton_loss, kd_loss
+from .features import (
+    as_vectors,
+    attention_loss,
+    cosine_loss,
+    crd_loss,
+    hint_loss,
+    pkt_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    rkd_loss,
+)
+from .logits import (
+    IGNORE_INDEX,
+    binary_kd_loss,
+    dkd_loss,
+    dkd_parts,
+    hard_loss,
+    hinton_loss,
+    kd_loss,
+    standardize_logits,
+)
 
-__all__ = ["IGNORE_INDEX", "binary_kd_loss", "hard_loss", "hinton_loss", "kd_loss"]
+__all__ = [
+    "IGNORE_INDEX", "as_vectors", "attention_loss", "binary_kd_loss", "cosine_loss", "crd_loss", "dkd_loss",
+    "dkd_parts", "hard_loss", "hinton_loss", "hint_loss", "kd_loss", "pkt_loss", "rkd_angle_loss",
+    "rkd_distance_loss", "rkd_loss", "standardize_logits",
+]

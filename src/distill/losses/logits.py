@@ -106,3 +106,63 @@ def binary_kd_loss(
     log_q1, log_q0 = F.logsigmoid(s), F.logsigmoid(-s)
     per_class = log_p1.exp() * (log_p1 - log_q1) + log_p0.exp() * (log_p0 - log_q0)
     return temperature**2 * _mean_rows(per_class.sum(-1), mask)
+
+
+def standardize_logits(logits: torch.Tensor, *, eps: float = 1e-7) -> torch.Tensor:
+    """Logit standardisation (Sun et al. 2024, "Logit Standardization in Knowledge Distillation"): per row,
+    `(z - mean(z)) / (std(z) + eps)` over classes (unbiased std, as the authors' code). `(..., C)` -> `(..., C)`.
+
+    Applied to teacher and student before the temperature, the student matches the teacher's logit *relations*
+    rather than their magnitude and offset."""
+    z = logits.float()
+    return (z - z.mean(dim=-1, keepdim=True)) / (z.std(dim=-1, keepdim=True) + eps)
+
+
+def dkd_parts(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    temperature: float = 4.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoupled KD terms (Zhao et al. 2022, "Decoupled Knowledge Distillation"): `(TCKD, NCKD)`, both scaled by T².
+
+    TCKD: KL between the binary distributions `[p_target, 1 - p_target]` of teacher and student.
+    NCKD: KL between the distributions over the non-target classes only (the target class removed, renormalised).
+    Logits `(B, C)`, `target` `(B,)` class indices. KL summed over classes, averaged over rows (batchmean).
+    """
+    _check(student_logits, teacher_logits, temperature)
+    s = student_logits.float() / temperature  # (B, C)
+    t = teacher_logits.detach().float() / temperature
+    gt = F.one_hot(target.long().to(s.device), s.shape[-1]).bool()  # (B, C)
+
+    def binary(z: torch.Tensor) -> torch.Tensor:  # log [p_target, 1 - p_target], (B, 2), stable
+        total = torch.logsumexp(z, dim=-1)
+        log_tgt = z.masked_select(gt) - total
+        log_rest = torch.logsumexp(z.masked_fill(gt, float("-inf")), dim=-1) - total
+        return torch.stack([log_tgt, log_rest], dim=-1)
+
+    log_bs, log_bt = binary(s), binary(t)
+    tckd = (log_bt.exp() * (log_bt - log_bs)).sum(-1).mean()
+    # Non-target distributions: the target logit pushed to a huge finite negative (not -inf, whose 0 * inf would
+    # make NaN gradients), so its probability is exactly 0 and its KL term vanishes.
+    huge = torch.finfo(torch.float32).min / 4
+    log_qs = F.log_softmax(s.masked_fill(gt, huge), dim=-1)  # (B, C)
+    log_qt = F.log_softmax(t.masked_fill(gt, huge), dim=-1)
+    per_class = (log_qt.exp() * (log_qt - log_qs)).masked_fill(gt, 0.0)  # (B, C)
+    nckd = per_class.sum(-1).mean()
+    return temperature**2 * tckd, temperature**2 * nckd
+
+
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+) -> torch.Tensor:
+    """`alpha * TCKD + beta * NCKD` (Zhao et al. 2022; paper defaults alpha=1, beta=8, T=4). See `dkd_parts`."""
+    tckd, nckd = dkd_parts(student_logits, teacher_logits, target, temperature=temperature)
+    return alpha * tckd + beta * nckd

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..registry import Registry
-from ..teachers import TeacherSource
+from ..teachers import LiveTeacher, TeacherSource
 
 METHODS: Registry = Registry("method")
 register_method = METHODS.register
@@ -47,6 +47,30 @@ class Method(nn.Module):
         self.alpha = float(alpha)
         self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
 
+    # Hooks the pipeline reads generically (no method names in the engine); the defaults describe plain KD.
+    @classmethod
+    def check(cls, student: nn.Module, teacher: nn.Module, example_batch: Any, options: dict[str, Any]) -> None:
+        """Validate the recipe against the built models before the run directory exists (raise `DistillError`)."""
+
+    @classmethod
+    def generations(cls, options: dict[str, Any]) -> int:
+        """How many times the distilled phase runs, each generation taught by the previous one (born-again)."""
+        return 1
+
+    @classmethod
+    def extra_teachers(cls, options: dict[str, Any]) -> list[Any]:
+        """`TeacherConfig`s of further teachers to build (and train, without weights) next to the recipe's teacher."""
+        return []
+
+    @classmethod
+    def teacher_source(cls, models: dict[str, Any], options: dict[str, Any], temperature: float) -> TeacherSource | None:
+        """The source this method learns from, given `models`: `teacher`, `extra` (list), `previous` (the student of
+        the previous generation; the student trained alone for the first) and `source` (the recipe's teacher as the
+        pipeline serves it: the offline cache when `distill.cache` is set, else live, in `distill.teacher_precision`)."""
+        if not cls.needs_teacher:
+            return None
+        return models["source"] if models.get("source") is not None else LiveTeacher(models["teacher"])
+
     def setup(self, example_batch: Any) -> None:
         """Called once with one example batch (on the training device) before the optimizer is built, so a method
         can create shape-dependent submodules (projectors, memory banks). Default: nothing."""
@@ -70,5 +94,6 @@ def build_method(
 
 
 from . import kd, scratch  # noqa: E402,F401  (fill the registry)
+from . import attention, born_again, cosine, crd, dkd, ensemble, fitnet, pkt, rkd  # noqa: E402,F401
 
 __all__ = ["METHODS", "Method", "NoOptions", "build_method", "register_method"]

@@ -1,7 +1,8 @@
 """Hinton et al. 2015 knowledge distillation: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE.
 
 Option `sigmoid: true` treats the teacher as multi-label (per-class Bernoulli KD, `binary_kd_loss`); its hard term is
-binary cross-entropy on multi-hot labels.
+binary cross-entropy on multi-hot labels. Option `standardize: true` applies logit standardisation (Sun et al. 2024,
+`standardize_logits`) to both sides before the temperature, in the soft term only.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
 from ..batch import forward_logits, inputs_of, labels_of
-from ..losses import binary_kd_loss, hard_loss, kd_loss
+from ..errors import DistillError
+from ..losses import binary_kd_loss, hard_loss, kd_loss, standardize_logits
 from . import Method, register_method
 
 
 class KDOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sigmoid: bool = False
+    standardize: bool = False
 
 
 @register_method("kd")
@@ -31,6 +34,8 @@ class KD(Method):
         teacher = self.teacher(batch)  # same shape, detached
         labels = labels_of(batch)
         if self.options.sigmoid:
+            if self.options.standardize:
+                raise DistillError("kd: standardize applies to softmax teachers; drop sigmoid or standardize")
             soft = binary_kd_loss(student, teacher, temperature=self.temperature)
             hard = (
                 F.binary_cross_entropy_with_logits(student.float(), labels.float())
@@ -38,7 +43,10 @@ class KD(Method):
                 else student.float().sum() * 0.0
             )
         else:
-            soft = kd_loss(student, teacher, temperature=self.temperature)
+            if self.options.standardize:
+                soft = kd_loss(standardize_logits(student), standardize_logits(teacher), temperature=self.temperature)
+            else:
+                soft = kd_loss(student, teacher, temperature=self.temperature)
             hard = hard_loss(student, labels) if labels is not None else student.float().sum() * 0.0
         loss = self.alpha * soft + (1.0 - self.alpha) * hard
         return {"loss": loss, "soft": soft.detach(), "hard": hard.detach()}

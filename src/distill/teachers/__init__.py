@@ -9,6 +9,7 @@ wraps the teacher for DDP and the optimizer never sees its parameters.
 """
 
 from .cache import CachedTeacher
+from .ensemble import EnsembleTeacher
 from .live import LiveTeacher, TeacherSource, freeze
 
-__all__ = ["CachedTeacher", "LiveTeacher", "TeacherSource", "freeze"]
+__all__ = ["CachedTeacher", "EnsembleTeacher", "LiveTeacher", "TeacherSource", "freeze"]

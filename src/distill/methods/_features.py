@@ -1,0 +1,108 @@
+"""Shared plumbing of the feature methods (composition, not a base class): options, the pairing + projectors module,
+and the one way the logit terms are combined with a feature term.
+
+Every feature method's loss is `ce_weight · CE + kd_weight · KD(T) + feature_weight · feature`, with `T` and the KD
+term of `distill.temperature` (Hinton et al. 2015); `distill.alpha` is not used by feature methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..batch import inputs_of, labels_of
+from ..features import FeatureTap, forward_with_features
+from ..losses import hard_loss, kd_loss
+from ..pairing import Pair, build_projector, propose_pairs, teacher_model
+
+
+class FeatureOptions(BaseModel):
+    """Options every feature method accepts (each method adds its own and sets its `feature_weight` default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    pairs: list[tuple[str, str]] | None = None  # [[student_path, teacher_path], ...]; default: automatic pairing
+    feature_weight: float = Field(default=1.0, ge=0)
+    kd_weight: float = Field(default=0.0, ge=0)  # add Hinton's soft term (x T^2) at distill.temperature
+    ce_weight: float = Field(default=1.0, ge=0)
+
+
+@dataclass
+class Tapped:
+    student_logits: torch.Tensor  # (B, C)
+    teacher_logits: torch.Tensor  # (B, C), detached
+    student: list[torch.Tensor]  # per pair, projected where the pair has a projector
+    teacher: list[torch.Tensor]  # per pair, detached
+
+
+class FeatureBridge(nn.Module):
+    """The pairs of one run and their projectors (trainable, owned by the method, never by the student)."""
+
+    def __init__(self, pairs: Sequence[Pair]) -> None:
+        super().__init__()
+        self.pairs = list(pairs)
+        self.projectors = nn.ModuleList(build_projector(p) for p in self.pairs)
+
+    def run(self, student: nn.Module, teacher_source: Any, batch: Any) -> Tapped:
+        """Forward both models once with taps open only for this call (hooks cannot outlive the step)."""
+        inputs = inputs_of(batch)
+        with FeatureTap(student, [p.student for p in self.pairs]) as s_tap:
+            s_logits = forward_with_features(student, inputs, s_tap)  # (B, C)
+        teacher = teacher_model(teacher_source)
+        teacher.eval()
+        with FeatureTap(teacher, [p.teacher for p in self.pairs], detach=True) as t_tap, torch.inference_mode():
+            t_logits = forward_with_features(teacher, inputs, t_tap)
+        # Inference tensors cannot be saved for backward: clone them outside inference mode.
+        t_feats = [t_tap.features[p.teacher].clone() for p in self.pairs]
+        s_feats = [proj(s_tap.features[p.student]) for p, proj in zip(self.pairs, self.projectors)]
+        return Tapped(s_logits, t_logits.float().clone(), s_feats, t_feats)
+
+
+def pairs_for(cls: Any, student: nn.Module, teacher: nn.Module, batch: Any, options: BaseModel) -> list[Pair]:
+    """The pairing a feature method class uses (its `pair_mode`, `pair_select`), with recipe overrides."""
+    return propose_pairs(
+        student, teacher, batch, mode=cls.pair_mode, select=cls.pair_select,
+        overrides=getattr(options, "pairs", None), method=cls.method_name,
+    )
+
+
+def check_features(cls: Any, student: nn.Module, teacher: nn.Module, batch: Any, options: dict[str, Any]) -> None:
+    """A feature method's `check`: compute its pairing once before the run directory exists (raises on bad input)."""
+    pairs_for(cls, student, teacher, batch, cls.Options(**options))
+
+
+def build_bridge(method: Any, batch: Any) -> FeatureBridge:
+    """A feature method's `setup`: pair its stages on the example batch and build the projectors on its device."""
+    teacher = teacher_model(method.teacher, method.method_name)
+    bridge = FeatureBridge(pairs_for(type(method), method.student, teacher, batch, method.options))
+    return bridge.to(_device_of(batch))
+
+
+def _device_of(batch: Any) -> torch.device:
+    x = inputs_of(batch)
+    if isinstance(x, dict):
+        x = next(iter(x.values()))
+    return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+
+
+def combine(method: Any, tapped: Tapped, batch: Any, feature: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`ce_weight · CE + kd_weight · KD + feature_weight · feature`, with every part logged."""
+    o = method.options
+    labels = labels_of(batch)
+    s = tapped.student_logits
+    ce = hard_loss(s, labels) if labels is not None else s.float().sum() * 0.0
+    loss = o.ce_weight * ce + o.feature_weight * feature
+    out = {"hard": ce.detach(), "feature": feature.detach()}
+    if o.kd_weight > 0:
+        soft = kd_loss(s, tapped.teacher_logits, temperature=method.temperature)
+        loss = loss + o.kd_weight * soft
+        out["soft"] = soft.detach()
+    return {"loss": loss, **out}
+
+
+def mean_over_pairs(losses: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(losses).mean()
