@@ -219,6 +219,24 @@ def report_of(tmp: Path, content: str | None) -> list[str]:
     return ["report", str(tmp / "done")]
 
 
+def with_teacher(tmp: Path, *sets: str, extra: list[str] = ()) -> list[str]:
+    """Recipe arguments with a valid teacher weights file (a cache needs a trained teacher)."""
+    return run_args(tmp, sets=[f"teacher.weights={st_file(tmp)}", "teacher.kwargs.dropout=0", *sets], extra=list(extra))
+
+
+def cache_dir(tmp: Path, manifest: str | None) -> Path:
+    d = tmp / "cache"
+    d.mkdir()
+    if manifest is not None:
+        (d / "manifest.json").write_text(manifest)
+    return d
+
+
+def cache_cmd(tmp: Path, *extra: str, sets: list[str] = ()) -> list[str]:
+    return ["cache", str(RECIPES / "digits.yaml"),
+            *_sets([f"teacher.weights={st_file(tmp)}", "teacher.kwargs.dropout=0", *sets]), *extra]
+
+
 CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     # --- recipes ---------------------------------------------------------------------------------------------------
     ("recipe-missing", lambda t: run_args(t, recipe=t / "nope.yaml"), "not found"),
@@ -301,6 +319,18 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("weights-unsupported-format", weights(lambda t: (t / "w.npz").write_bytes(b"x") and t / "w.npz"),
      "use .safetensors"),
     ("checkpoint-resume-corrupt-config", resume_corrupt_config, "is corrupt"),
+    # --- teacher caches --------------------------------------------------------------------------------------------
+    ("cache-missing", lambda t: with_teacher(t, f"distill.cache={t / 'nope'}"), "build it with `distill cache"),
+    ("cache-without-teacher-weights", lambda t: run_args(t, sets=[f"distill.cache={t}"]), "set teacher.weights"),
+    ("cache-partial-no-manifest", lambda t: with_teacher(t, f"distill.cache={cache_dir(t, None)}"), "cache"),
+    ("cache-corrupt-manifest", lambda t: with_teacher(t, f"distill.cache={cache_dir(t, '{not json')}"), "is corrupt"),
+    ("cache-foreign-manifest", lambda t: with_teacher(t, f"distill.cache={cache_dir(t, json.dumps({'a': 1}))}"),
+     "rebuild"),
+    ("cache-cmd-without-teacher", lambda t: ["cache", str(RECIPES / "digits.yaml")], "set teacher.weights"),
+    ("cache-cmd-out-is-a-file", lambda t: cache_cmd(t, "--out", str((t / "f").write_text("x") and t / "f")), "is a file"),
+    ("cache-cmd-bad-storage", lambda t: cache_cmd(t, "--out", str(t / "c"), "--storage", "zip"), "'dense' or 'topk'"),
+    ("cache-cmd-bad-topk", lambda t: cache_cmd(t, "--out", str(t / "c"), "--storage", "topk", "--topk", "10"),
+     "topk must be between"),
 ]
 
 
