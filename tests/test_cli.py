@@ -54,7 +54,7 @@ def test_run_directory_contract(tiny_run) -> None:
     assert report["models"]["teacher"]["agreement"] == 1.0
     assert report["models"]["distilled"]["params"] < report["models"]["teacher"]["params"]
     resolved = yaml.safe_load((out / "config.yaml").read_text())
-    assert resolved["train"]["max_steps"] == 3 and resolved["distill"]["temperature"] == 4.0
+    assert resolved["train"]["max_steps"] == 3 and resolved["distill"]["temperature"] == 2.0
     phases = {json.loads(l)["phase"] for l in (out / "metrics.jsonl").read_text().splitlines()}
     assert phases == {"teacher", "scratch", "distilled"}
     assert "report.html" in stdout and "distilled" in stdout

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-RESERVED_KEYS = ("labels", "index")
+RESERVED_KEYS = ("labels", "index", "view")  # view: augmentation view id (augment.py), for teacher caches
 
 
 def inputs_of(batch: Any) -> Any:

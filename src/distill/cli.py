@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import DistillError
+from .errors import DistillError, DistillWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Knowledge distillation: teacher -> small student.")
 console = Console() if sys.stdout.isatty() else Console(width=140)
@@ -37,14 +38,19 @@ def _table(run_dir: Path) -> Table:
     return table
 
 
-def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite: bool, progress: bool) -> None:
+def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite: bool, progress: bool,
+         resume: bool = False) -> None:
+    from accelerate import PartialState
+
     from .config import load_recipe
     from .pipeline import run_recipe
     from .report import load_report, verdict
 
     started = time.perf_counter()
     recipe = load_recipe(recipe_path, overrides)
-    run_dir = run_recipe(recipe, out, overwrite=overwrite, progress=progress)
+    run_dir = run_recipe(recipe, out, overwrite=overwrite, progress=progress, resume=resume)
+    if not PartialState().is_main_process:  # under `accelerate launch`: one table, from the main process
+        return
     console.print(_table(run_dir))
     report = load_report(run_dir)
     console.print(verdict(report["models"], report["dataset"]["test_size"], recipe.seed))
@@ -68,9 +74,33 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set distill.temperature=8"),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its newest complete checkpoint."),
 ) -> None:
     """Run a recipe."""
-    _run(recipe, out, set_, overwrite=overwrite, progress=progress)
+    _run(recipe, out, set_, overwrite=overwrite, progress=progress, resume=resume)
+
+
+@app.command()
+def cache(
+    recipe: Path = typer.Argument(..., help="YAML recipe with teacher.weights set."),
+    out: Optional[Path] = typer.Option(None, help="Cache directory (default distill.cache, else caches/<name>)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set augment.views=8"),
+    storage: str = typer.Option("dense", help="dense (float16 log-probs) or topk (values + indices + rest mass)."),
+    topk: int = typer.Option(5, help="Classes kept per view with --storage topk."),
+    rebuild: bool = typer.Option(False, help="Replace a stale, partial or mismatched cache."),
+) -> None:
+    """Run the teacher once over augment.views views of the training data and store its outputs."""
+    from .config import load_recipe
+    from .teachers.cache_build import build_recipe_cache
+
+    started = time.perf_counter()
+    path, m = build_recipe_cache(load_recipe(recipe, set_), out, storage=storage, topk=topk, rebuild=rebuild)
+    f = m["fidelity"]
+    state = "up to date" if m["up_to_date"] else f"built in {time.perf_counter() - started:.1f} s"
+    console.print(f"cache {path}: {state}; {m['num_examples']} examples x {m['views']} views, {m['storage']}, "
+                  f"{m['bytes_per_example']:.0f} bytes/example")
+    console.print(f"fidelity on {f['sample']} views: KL(live||cached) {f['kl_T1']:.2e} at T=1, {f['kl_T']:.2e} at "
+                  f"T={f['temperature']:g}; top-1 agreement {100 * f['top1_agreement']:.2f}%")
 
 
 @app.command()
@@ -104,18 +134,30 @@ def pairs(
     console.print(table)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    """Our warnings as one `warning: ...` line; everyone else's as Python formats them."""
+    if issubclass(category, DistillWarning):
+        return f"warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
+_default_formatwarning = warnings.formatwarning
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one clear line and exit 2 for every user error; no tracebacks."""
+    warnings.formatwarning = _format_warning
     try:
         app(args=argv, standalone_mode=False)
     except DistillError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except (click.ClickException, typer.TyperException) as exc:  # usage errors (typer vendors click): one line too
+        message = " ".join(exc.format_message().split())
+        err_console.print(f"error: {message}; see `distill --help`", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2 if exc.exit_code not in (0,) else 0)
     except KeyboardInterrupt:
         err_console.print("interrupted")

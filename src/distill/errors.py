@@ -14,6 +14,11 @@ class DistillError(Exception):
     """An error the user can fix; its message is one line naming the problem and the fix."""
 
 
+class DistillWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. an incomplete checkpoint was skipped);
+    the CLI prints it as one `warning: ...` line."""
+
+
 def nearest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """`" (did you mean 'x', 'y'?)"` for the closest choices, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .augment import augmented
 from .batch import forward_logits, inputs_of
 from .config import Recipe, dump_recipe
 from .data import DataBundle, load_data
+from .engine.checkpoint import Checkpointer, open_for_resume
+from .engine.distributed import cpu_only_launch
 from .engine.evaluate import classification_metrics, model_size, predict, speed
 from .engine.io import load_weights, save_weights
 from .engine.loop import fit
@@ -33,7 +36,7 @@ from .engine.metrics import MetricsLog
 from .errors import DistillError
 from .methods import METHODS, build_method
 from .models import create_model
-from .teachers import freeze
+from .teachers import CachedTeacher, LiveTeacher, freeze
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Prepared:
     teacher: nn.Module
     student_init: nn.Module  # the student's initial weights, shared by the scratch and distilled phases
     extra_teachers: list[nn.Module] = field(default_factory=list)  # further teachers a method asks for (ensemble)
+    cache: CachedTeacher | None = None  # distill.cache, checked against this teacher, data and augmentation
 
 
 def _loader(ds, batch_size: int, *, shuffle: bool, seed: int, workers: int = 0) -> DataLoader:
@@ -109,7 +113,22 @@ def prepare(recipe: Recipe) -> Prepared:
             "set num_classes in the model kwargs or data.num_classes"
         )
     method_cls.check(student, teacher, batch, recipe.distill.options)  # e.g. layer paths and pairing, before any write
-    return Prepared(recipe, data, teacher, student, extra)
+    return Prepared(recipe, data, teacher, student, extra, _open_cache(recipe, data, teacher))
+
+
+def _open_cache(recipe: Recipe, data: DataBundle, teacher: nn.Module) -> CachedTeacher | None:
+    """The recipe's teacher cache, refused (DistillError) unless built for this teacher, data and augmentation."""
+    if recipe.distill.cache is None:
+        return None
+    if recipe.teacher.weights is None:
+        raise DistillError("distill.cache needs a trained teacher: set teacher.weights to the weights the cache was built with")
+    from .teachers.cache_build import cache_keys
+
+    keys = cache_keys(teacher, data.train, recipe.augment, recipe.seed, recipe.distill.teacher_precision)
+    cache = CachedTeacher(recipe.distill.cache, expect=keys)
+    if cache.num_classes != data.num_classes:
+        raise DistillError(f"teacher cache has {cache.num_classes} classes but the data has {data.num_classes}; rebuild it")
+    return cache
 
 
 def _make_run_dir(out: Path, overwrite: bool) -> Path:
@@ -137,7 +156,8 @@ def _status(run_dir: Path, status: str, **extra: Any) -> None:
 
 def _accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
     trackers = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else None
-    acc = Accelerator(mixed_precision=recipe.train.mixed_precision, log_with=trackers, project_dir=str(run_dir))
+    acc = Accelerator(mixed_precision=recipe.train.mixed_precision, log_with=trackers, project_dir=str(run_dir),
+                      cpu=cpu_only_launch())
     if trackers:
         acc.init_trackers(recipe.name)
     return acc
@@ -159,27 +179,46 @@ def _explorer(teacher_logits: torch.Tensor, labels: torch.Tensor, data: DataBund
     return {"temperatures": recipe.eval.temperatures, "class_names": data.class_names, "examples": examples}
 
 
-def run_recipe(recipe: Recipe, out: Path | None = None, *, overwrite: bool = False, progress: bool = True) -> Path:
-    """Run a whole recipe and return its run directory (with `report.html` rendered)."""
+def run_recipe(recipe: Recipe, out: Path | None = None, *, overwrite: bool = False, progress: bool = True,
+               resume: bool = False) -> Path:
+    """Run a whole recipe and return its run directory (with `report.html` rendered).
+
+    `resume`: continue the run in `out` from its newest complete checkpoints (finished phases are not retrained).
+    Under `accelerate launch` every process runs this; only the main one writes the run directory.
+    """
     prepared = prepare(recipe)  # every user error surfaces here, before anything is written
-    run_dir = _make_run_dir(Path(out) if out else Path("runs") / recipe.name, overwrite)
-    (run_dir / "config.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
-    _status(run_dir, "running")
+    run_dir = Path(out) if out else Path("runs") / recipe.name
+    state = PartialState(cpu=cpu_only_launch())  # under `accelerate launch`: all processes check, the main one writes
+    if resume:
+        open_for_resume(run_dir, dump_recipe(recipe), overwrite=overwrite)
+    elif not overwrite and run_dir.exists() and any(run_dir.iterdir()):
+        _make_run_dir(run_dir, overwrite)  # raises the "already exists" error in every process alike
+    state.wait_for_everyone()  # every process has checked before the main one creates anything
+    main = state.is_main_process
+    if main:
+        if not resume:
+            _make_run_dir(run_dir, overwrite)
+        (run_dir / "config.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+        _status(run_dir, "running")
+    state.wait_for_everyone()
     try:
-        _train_and_evaluate(prepared, run_dir, progress)
+        _train_and_evaluate(prepared, run_dir, progress, resume)
     except BaseException as exc:
-        _status(run_dir, "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if main:
+            _status(run_dir, "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
-    _status(run_dir, "complete")
+    if main:
+        _status(run_dir, "complete")
     return run_dir
 
 
-def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool) -> None:
+def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool = False) -> None:
     from .report import render  # the report reads only artifacts; imported here to keep the engine independent
 
     r, data = p.recipe, p.data
     acc = _accelerator(r, run_dir)
     log = MetricsLog(run_dir / "metrics.jsonl", acc)
+    ckpt = Checkpointer(run_dir / "checkpoints", every=r.train.checkpoint_every, accelerator=acc, resume=resume)
     val_loader = _loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
 
     def val(method: nn.Module) -> dict[str, float]:
@@ -187,9 +226,11 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool) -> None:
 
     def train(name: str, method: nn.Module, **kw: Any) -> dict[str, Any]:
         set_seed(r.seed)  # same seed, same data order, same dropout draws for every phase
-        train_set = data.teacher_train if name == "teacher" else data.train
+        train_set = data.teacher_train if name.startswith("teacher") else data.train
+        train_set = augmented(train_set, r.augment, r.seed, mix=name.startswith("distilled"))  # mixing needs a teacher
         loader = _loader(train_set, r.data.batch_size, shuffle=True, seed=r.seed, workers=r.data.num_workers)
-        return fit(method, loader, r.train, accelerator=acc, phase=name, log=log, evaluate=val, progress=progress, **kw)
+        return fit(method, loader, r.train, accelerator=acc, phase=name, log=log, evaluate=val, progress=progress,
+                   checkpointer=ckpt, **kw)
 
     phases: dict[str, Any] = {}
     teacher = p.teacher
@@ -197,7 +238,8 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool) -> None:
         scratch_teacher = build_method("scratch", teacher, None)
         phases["teacher"] = train("teacher", scratch_teacher, epochs=r.teacher.epochs, lr=r.teacher.lr)
     teacher = acc.unwrap_model(teacher)
-    save_weights(teacher, run_dir / "checkpoints" / "teacher.safetensors")
+    if acc.is_main_process:
+        save_weights(teacher, run_dir / "checkpoints" / "teacher.safetensors")
     freeze(teacher)
 
     # What the method needs is read from its class (extra teachers, generations, its teacher source): no method
@@ -213,23 +255,28 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool) -> None:
     scratch = build_method("scratch", copy.deepcopy(p.student_init), None)
     phases["scratch"] = train("scratch", scratch)
     students["scratch"] = previous = acc.unwrap_model(scratch).student
-    save_weights(students["scratch"], run_dir / "checkpoints" / "scratch.safetensors")
+    if acc.is_main_process:
+        save_weights(students["scratch"], run_dir / "checkpoints" / "scratch.safetensors")
     generations = cls.generations(opts)
     for g in range(generations):
         name = "distilled" if g == generations - 1 else f"distilled.{g + 1}"
         models = {"teacher": teacher, "extra": extra, "previous": freeze(copy.deepcopy(previous)), "generation": g}
         method = build_method(
             r.distill.method, copy.deepcopy(p.student_init),
-            cls.teacher_source(models, opts, r.distill.temperature),
+            cls.teacher_source({**models, "source": _source(p, teacher)}, opts, r.distill.temperature),
             temperature=r.distill.temperature, alpha=r.distill.alpha, options=opts,
         )
         phases[name] = train(name, method)
+        execution = getattr(method.teacher, "execution", None)
+        if execution:
+            phases[name]["teacher_execution"] = execution
         previous = acc.unwrap_model(method).student
-        save_weights(previous, run_dir / "checkpoints" / f"{name}.safetensors")
+        if acc.is_main_process:
+            save_weights(previous, run_dir / "checkpoints" / f"{name}.safetensors")
     students["distilled"] = previous
-    save_weights(students["distilled"], run_dir / "student.safetensors")
 
     if acc.is_main_process:
+        save_weights(students["distilled"], run_dir / "student.safetensors")
         report = evaluate_models({"teacher": teacher, **students}, p, acc.device)
         report["phases"] = phases
         report["recipe"] = {"name": r.name, "seed": r.seed, "method": r.distill.method,
@@ -239,7 +286,16 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool) -> None:
         tmp.write_text(json.dumps(report, indent=2))
         tmp.replace(run_dir / "report.json")
         render(run_dir)
+    acc.wait_for_everyone()  # no process returns before the report exists
     acc.end_training()
+
+
+def _source(p: Prepared, teacher: nn.Module) -> CachedTeacher | LiveTeacher:
+    """The distilled phase's teacher: the cache when the recipe names one (no teacher forward), else live."""
+    if p.cache is not None:
+        return p.cache
+    bf16 = p.recipe.distill.teacher_precision == "bf16"
+    return LiveTeacher(teacher, autocast=torch.bfloat16 if bf16 else None)
 
 
 def evaluate_models(models: dict[str, nn.Module], p: Prepared, device: torch.device) -> dict[str, Any]:

@@ -83,6 +83,14 @@ def _inputs_shape(item: Any) -> tuple[int, ...]:
     return tuple(torch.as_tensor(x).shape) if x is not None else ()
 
 
+def _label_max(ds: Dataset) -> int | None:
+    """The largest label when the dataset holds its labels in one tensor (`TensorDataset`); None if that needs a pass."""
+    tensors = getattr(ds, "tensors", None)
+    if isinstance(tensors, tuple) and len(tensors) > 1 and tensors[1].numel():
+        return int(tensors[1].max())
+    return None
+
+
 def load_data(
     name: str,
     *,
@@ -103,6 +111,11 @@ def load_data(
             result = factory(**kwargs)
         except TypeError as exc:
             raise DistillError(f"data factory {name!r} rejected its kwargs ({exc}); fix data.kwargs") from None
+        except OSError as exc:  # a missing or unreadable data file is the user's to fix, not a crash
+            raise DistillError(
+                f"data factory {name!r} could not read its data ({exc.strerror or exc}: {exc.filename}); "
+                "check the paths in data.kwargs"
+            ) from None
         if isinstance(result, Mapping):
             result = (result.get("train"), result.get("val"), result.get("test"))
         if not (isinstance(result, (tuple, list)) and len(result) == 3 and all(d is not None for d in result)):
@@ -110,7 +123,12 @@ def load_data(
         train, val, test = result
         names: list[str] = []
     else:
-        bundle = DATASETS.get(name)(seed=seed, **kwargs)
+        builder = DATASETS.get(name)
+        try:
+            bundle = builder(seed=seed, **kwargs)
+        except (TypeError, ValueError) as exc:  # unknown or out-of-range data.kwargs
+            msg = " ".join(str(exc).split())[:200]
+            raise DistillError(f"dataset {name!r} rejected data.kwargs ({msg}); fix data.kwargs") from None
         train, val, test, names = bundle.train, bundle.val, bundle.test, bundle.class_names
         num_classes = num_classes or bundle.num_classes
     for split, ds in (("train", train), ("val", val), ("test", test)):
@@ -122,6 +140,12 @@ def load_data(
         if any(y is None for y in labels):
             raise DistillError(f"cannot infer the class count of {name!r}; set data.num_classes in the recipe")
         num_classes = max(labels) + 1  # type: ignore[type-var]
+    top = _label_max(train)
+    if top is not None and top >= num_classes:  # else cross-entropy fails mid-run with "target out of bounds"
+        raise DistillError(
+            f"dataset {name!r} has label {top} but data.num_classes is {num_classes}; set data.num_classes to at "
+            f"least {top + 1} or leave it out"
+        )
     unlabelled: set[int] = set()
     if labelled_fraction < 1.0:
         rng = np.random.default_rng(seed)
@@ -137,6 +161,6 @@ def load_data(
     )
 
 
-from . import digits, fashion_mnist  # noqa: E402,F401  (fill the registry)
+from . import arrays, digits, fashion_mnist  # noqa: E402,F401  (fill the registry)
 
 __all__ = ["DATASETS", "DataBundle", "Indexed", "load_data", "register_dataset"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -50,7 +51,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise DistillError(f"weights file {str(path)!r} is corrupt or truncated ({exc}); re-create it") from None
     if path.suffix in {".pth", ".pt", ".bin", ".ckpt"}:
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise next to the one line that matters
+                warnings.simplefilter("ignore")
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure here means "refused", never "try harder"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DistillError(

@@ -3,6 +3,9 @@
 `fit(method, loader, train_cfg, accelerator=...)` trains whatever `method` owns (student + projectors). The teacher is
 a source held outside the module tree: it is moved to the device but never prepared, wrapped or optimised.
 A step whose loss or gradient is NaN/Inf is skipped (no update) and counted; too many in a row abort the run.
+With a `Checkpointer`, state is saved every `train.checkpoint_every` steps and at the end of the phase, and a resumed
+phase continues exactly where its newest complete checkpoint left off (same weights, optimizer, scheduler, RNG
+states and data order), or is not retrained at all if it had finished.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch.utils.data import DataLoader
 from ..batch import batch_size_of, to_device
 from ..config import TrainConfig
 from ..errors import DistillError
+from .checkpoint import Checkpointer, generator_state, restore_rng
 from .metrics import MetricsLog
 
 
@@ -58,6 +62,16 @@ def _peek(loader: DataLoader) -> Any:
     return next(iter(plain))
 
 
+def _shuffle_generator(loader: DataLoader) -> torch.Generator | None:
+    """The generator that decides the loader's shuffle order (the same object before and after `prepare`)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for holder in (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        gen = getattr(holder, "generator", None)
+        if isinstance(gen, torch.Generator):
+            return gen
+    return None
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -82,10 +96,12 @@ def fit(
     log: MetricsLog | None = None,
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     progress: bool = True,
+    checkpointer: Checkpointer | None = None,
 ) -> dict[str, Any]:
     """Train `method` (its trainable parameters) for `epochs` epochs over `loader`.
 
     `evaluate(unwrapped_method)` runs after each epoch; its numbers are logged with `phase` and `epoch`.
+    `checkpointer` saves (and, when resuming, restores) checkpoints of this phase.
     Returns a summary: steps, skipped steps, wall time, samples/s.
     """
     epochs = epochs or cfg.epochs
@@ -94,31 +110,57 @@ def fit(
     if teacher is not None:
         teacher.to(accelerator.device)  # moved, not prepared: no DDP wrapper, no optimizer state
     method.to(accelerator.device)
+    if cfg.channels_last:  # 4-D (conv) weights to NHWC; conv/BN/pool then run channels_last, same math
+        method.to(memory_format=torch.channels_last)
     setup = getattr(method, "setup", None)
     if setup is not None:  # shape-dependent submodules (projectors) must exist before the optimizer
         setup(to_device(_peek(loader), accelerator.device))
+    resume = checkpointer.resume_point(phase) if checkpointer is not None else None
+    if resume is not None:
+        method.load_state_dict(resume.model_state())
+        log.log({"phase": phase, "step": resume.step, "event": "resumed" if not resume.done else "phase_restored"})
+        if resume.done:  # the phase had finished: its weights are all it needs
+            return dict(resume.state.get("summary") or {})
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise DistillError(f"phase {phase!r} has no trainable parameters; check the student model")
     optimizer = make_optimizer(params, cfg, lr)
+    model, optimizer, loader = accelerator.prepare(method, optimizer, loader)
+    # Steps and schedule count optimizer steps of the (possibly sharded) loader; the scheduler is stepped here once
+    # per update, not by Accelerate (which steps it once per process), so N processes at batch B follow the same
+    # schedule as one process at batch N*B.
     steps_per_epoch = len(loader)
     total = epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, epochs * steps_per_epoch)
     scheduler = make_scheduler(optimizer, cfg, total)
-    model, optimizer, loader, scheduler = accelerator.prepare(method, optimizer, loader, scheduler)
+    generator = _shuffle_generator(loader)
 
-    step, skipped, consecutive, samples = 0, 0, 0, 0
+    step, skipped, consecutive, samples, start_epoch, start_batch = 0, 0, 0, 0, 0, 0
+    if resume is not None:  # optimizer after scheduler: creating a scheduler rewrites the param groups' lr
+        optimizer.load_state_dict(resume.optimizer_state())
+        scheduler.load_state_dict(resume.state["scheduler"])
+        step, start_epoch, start_batch = resume.step, int(resume.state["epoch"]), int(resume.state["batch"])
+        skipped, consecutive, samples = (int(resume.state.get(k, 0)) for k in ("skipped", "consecutive", "samples"))
+        restore_rng(resume, accelerator.process_index)
     started = time.perf_counter()
     with _progress(progress and accelerator.is_main_process) as bar:
         task = bar.add_task(phase, total=total, status="")
-        for epoch in range(epochs):
+        bar.update(task, completed=step)
+        for epoch in range(start_epoch, epochs):
             model.train()
+            if hasattr(getattr(loader, "dataset", None), "set_epoch"):
+                loader.dataset.set_epoch(epoch)  # augment.Augmented: epoch e uses view e % K
             teacher_model = getattr(teacher, "model", None)
             if teacher_model is not None:
                 teacher_model.eval()
-            for batch in loader:
+            if generator is not None and resume is not None and epoch == start_epoch and resume.state.get("generator"):
+                generator.set_state(generator_state(resume))  # re-create this epoch's shuffle order
+            epoch_order = generator.get_state() if generator is not None else None
+            for index, batch in enumerate(loader):
+                if epoch == start_epoch and index < start_batch:
+                    continue  # trained before the checkpoint
                 out = model(batch)
                 loss = out["loss"]
-                if not torch.isfinite(loss.detach()):
+                if not _all_finite(loss.detach(), accelerator):
                     ok = False
                 else:
                     accelerator.backward(loss)
@@ -127,7 +169,8 @@ def fit(
                     ok = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)))
                 if ok:
                     optimizer.step()
-                    scheduler.step()
+                    if not getattr(optimizer, "step_was_skipped", False):  # fp16 loss scaling may skip a step
+                        scheduler.step()
                     consecutive = 0
                 else:
                     skipped += 1
@@ -143,10 +186,20 @@ def fit(
                 samples += batch_size_of(batch)
                 if step % cfg.log_every == 0 or step == total:
                     record = {"phase": phase, "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
-                    record.update({k: float(v.detach()) for k, v in out.items() if v.ndim == 0})
+                    scalars = {k: v.detach().float() for k, v in out.items() if v.ndim == 0}
+                    if accelerator.num_processes > 1:  # the mean over all processes, not the main one's share
+                        scalars = {k: accelerator.reduce(v, reduction="mean") for k, v in scalars.items()}
+                    record.update({k: float(v) for k, v in scalars.items()})
                     log.log(record)
                     bar.update(task, status=f"loss {float(loss.detach()):.4f}")
                 bar.advance(task)
+                if checkpointer is not None and checkpointer.due(step) and step < total and consecutive == 0:
+                    checkpointer.save(
+                        phase=phase, step=step, done=False, model=accelerator.unwrap_model(model),
+                        optimizer=optimizer, scheduler=scheduler,
+                        position={"epoch": epoch, "batch": index + 1, "generator": epoch_order},
+                        extra={"skipped": skipped, "consecutive": consecutive, "samples": samples},
+                    )
                 if step >= total:
                     break
             if evaluate is not None:
@@ -157,4 +210,16 @@ def fit(
                 break
     wall = time.perf_counter() - started
     accelerator.wait_for_everyone()
-    return {"steps": step, "skipped_steps": skipped, "wall_s": wall, "samples_per_s": samples / max(wall, 1e-9)}
+    summary = {"steps": step, "skipped_steps": skipped, "wall_s": wall, "samples_per_s": samples / max(wall, 1e-9)}
+    if checkpointer is not None:
+        checkpointer.save(phase=phase, step=step, done=True, model=accelerator.unwrap_model(model), optimizer=optimizer,
+                          scheduler=scheduler, position={"epoch": epochs, "batch": 0}, extra={"summary": summary})
+    return summary
+
+
+def _all_finite(loss: torch.Tensor, accelerator: Accelerator) -> bool:
+    """Is the loss finite on every process? (All must agree to skip, or DDP's gradient all-reduce would hang.)"""
+    finite = torch.isfinite(loss).reshape(1).float()
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite, reduction="sum") / accelerator.num_processes
+    return bool(finite.item() == 1.0)

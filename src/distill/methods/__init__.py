@@ -65,8 +65,11 @@ class Method(nn.Module):
     @classmethod
     def teacher_source(cls, models: dict[str, Any], options: dict[str, Any], temperature: float) -> TeacherSource | None:
         """The source this method learns from, given `models`: `teacher`, `extra` (list), `previous` (the student of
-        the previous generation; the student trained alone for the first)."""
-        return LiveTeacher(models["teacher"]) if cls.needs_teacher else None
+        the previous generation; the student trained alone for the first) and `source` (the recipe's teacher as the
+        pipeline serves it: the offline cache when `distill.cache` is set, else live, in `distill.teacher_precision`)."""
+        if not cls.needs_teacher:
+            return None
+        return models["source"] if models.get("source") is not None else LiveTeacher(models["teacher"])
 
     def setup(self, example_batch: Any) -> None:
         """Called once with one example batch (on the training device) before the optimizer is built, so a method

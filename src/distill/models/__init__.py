@@ -25,16 +25,22 @@ def create_model(name: str, *, input_shape: tuple[int, ...], num_classes: int, *
         factory = resolve(name)
         try:
             model = factory(**kwargs)
-        except TypeError as exc:
-            raise DistillError(f"model factory {name!r} rejected its kwargs ({exc}); fix the recipe's kwargs") from None
+        except (TypeError, ValueError, RuntimeError) as exc:  # unknown kwarg, or a value the layers refuse
+            raise DistillError(
+                f"model factory {name!r} rejected its kwargs ({_short(exc)}); fix the recipe's kwargs"
+            ) from None
     else:
         try:
             model = MODELS.get(name)(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
-        except TypeError as exc:
-            raise DistillError(f"model {name!r} rejected its kwargs ({exc}); fix the recipe's kwargs") from None
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DistillError(f"model {name!r} rejected its kwargs ({_short(exc)}); fix the recipe's kwargs") from None
     if not isinstance(model, nn.Module):
         raise DistillError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _short(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def count_params(model: nn.Module) -> int:

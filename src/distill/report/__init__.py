@@ -16,14 +16,23 @@ from . import plots
 from .page import page
 
 
+# what the CLI table reads from every model row
+REQUIRED = {"accuracy", "agreement", "kl_to_teacher", "ece", "params", "size_bytes", "latency_ms_p50", "latency_ms_p95"}
+
+
 def load_report(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "report.json"
     if not path.is_file():
         raise DistillError(f"{str(path)!r} not found; pass a finished run directory (made by `distill run`)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise DistillError(f"{str(path)!r} is corrupt; re-run the recipe to rebuild it") from None
+    models = report.get("models") if isinstance(report, dict) else None
+    complete = isinstance(models, dict) and models and isinstance(report.get("dataset"), dict)
+    if not complete or not all(isinstance(m, dict) and REQUIRED <= set(m) for m in models.values()):
+        raise DistillError(f"{str(path)!r} is incomplete or from another version; re-run the recipe to rebuild it")
+    return report
 
 
 def verdict(models: dict[str, dict[str, Any]], test_size: int | None, seed: Any) -> str:

@@ -8,7 +8,8 @@ Sources are deliberately *not* `nn.Module`s held as submodules of a method, so `
 wraps the teacher for DDP and the optimizer never sees its parameters.
 """
 
+from .cache import CachedTeacher
 from .ensemble import EnsembleTeacher
 from .live import LiveTeacher, TeacherSource, freeze
 
-__all__ = ["EnsembleTeacher", "LiveTeacher", "TeacherSource", "freeze"]
+__all__ = ["CachedTeacher", "EnsembleTeacher", "LiveTeacher", "TeacherSource", "freeze"]

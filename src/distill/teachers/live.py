@@ -1,4 +1,10 @@
-"""A live teacher: a frozen model run under `torch.inference_mode()` in eval mode on every batch."""
+"""A live teacher: a frozen model run under `torch.inference_mode()` in eval mode on every batch.
+
+On its first batch a `LiveTeacher` picks the fastest *exact* execution for the model (`execution.choose_execution`:
+for conv teachers, the fastest of eager / channels_last / conv-BN folding / TorchScript whose logits match eager within
+1e-5), run on copies of the model taken then; the model itself is never modified (re-create the LiveTeacher if its
+weights change later).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..batch import forward_logits, inputs_of
+from ..batch import inputs_of
+from .execution import choose_execution
 
 
 class TeacherSource(Protocol):
@@ -27,12 +34,17 @@ def freeze(model: nn.Module) -> nn.Module:
 class LiveTeacher:
     """Runs a frozen teacher model on each batch. `autocast` (e.g. `torch.bfloat16`) is an approximate, faster mode."""
 
-    def __init__(self, model: nn.Module, *, autocast: torch.dtype | None = None) -> None:
+    def __init__(self, model: nn.Module, *, autocast: torch.dtype | None = None, tune: bool = True) -> None:
         self.model = freeze(model)
         self.autocast = autocast
+        self.tune = tune  # pick the fastest exact execution on the first batch
+        self.execution: dict[str, Any] | None = None  # what was chosen, with the measured max |diff| and speed-up
+        self._run: Any = None  # inputs -> logits, the chosen execution
 
     def to(self, device: torch.device) -> LiveTeacher:
-        self.model.to(device)
+        if torch.device(device) != self.device:
+            self.model.to(device)
+            self.execution = self._run = None  # re-chosen on the new device (once per device, not per call)
         return self
 
     @property
@@ -47,7 +59,10 @@ class LiveTeacher:
             if self.autocast is not None
             else contextlib.nullcontext()
         )
+        inputs = inputs_of(batch)
+        if self._run is None:
+            self.execution, self._run = choose_execution(self.model, inputs, enabled=self.tune, autocast=self.autocast)
         with torch.inference_mode(), ctx:
-            logits = forward_logits(self.model, inputs_of(batch)).float()
+            logits = self._run(inputs).float()
         # Inference tensors cannot be saved for backward; a clone of (B, C) logits is cheap.
         return logits.clone()
