@@ -7,7 +7,7 @@ term of `distill.temperature` (Hinton et al. 2015); `distill.alpha` is not used 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from ..batch import inputs_of, labels_of
 from ..features import FeatureTap, forward_with_features
 from ..losses import hard_loss, kd_loss
 from ..pairing import Pair, build_projector, propose_pairs, teacher_model
+from . import Method, register_method
 
 
 class FeatureOptions(BaseModel):
@@ -106,3 +107,35 @@ def combine(method: Any, tapped: Tapped, batch: Any, feature: torch.Tensor) -> d
 
 def mean_over_pairs(losses: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(losses).mean()
+
+
+def pairwise_method(
+    name: str,
+    options: type[FeatureOptions],
+    *,
+    mode: str,
+    select: str,
+    pair_loss: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+    doc: str | None = None,
+) -> type[Method]:
+    """Build and register a feature method whose feature term is `mean_pairs pair_loss(student_f, teacher_f, options)`.
+
+    `mode`/`select` choose the pairing (`pairing.propose_pairs`); the loss is combined with CE and KD by `combine`.
+    One call per method file keeps each method a docstring, an options model and this line.
+    """
+
+    def check(cls, student, teacher, example_batch, opts) -> None:  # noqa: ANN001
+        check_features(cls, student, teacher, example_batch, opts)
+
+    def setup(self, example_batch: Any) -> None:
+        self.bridge = build_bridge(self, example_batch)
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        f = self.bridge.run(self.student, self.teacher, batch)
+        feature = mean_over_pairs([pair_loss(s, t, self.options) for s, t in zip(f.student, f.teacher)])
+        return combine(self, f, batch, feature)
+
+    attrs = {"Options": options, "method_name": name, "pair_mode": mode, "pair_select": select, "__doc__": doc,
+             "check": classmethod(check), "setup": setup, "forward": forward}
+    cls = type(name.capitalize(), (Method,), attrs)
+    return register_method(name)(cls)

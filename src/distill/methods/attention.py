@@ -4,14 +4,10 @@ spatial attention maps `mean_c |F|^p` of paired stages (channel counts may diffe
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from pydantic import Field
 
 from ..losses import attention_loss
-from . import Method, register_method
-from ._features import FeatureOptions, build_bridge, check_features, combine, mean_over_pairs
+from ._features import FeatureOptions, pairwise_method
 
 
 class AttentionOptions(FeatureOptions):
@@ -19,22 +15,5 @@ class AttentionOptions(FeatureOptions):
     p: float = Field(default=2.0, gt=0)
 
 
-@register_method("attention")
-class Attention(Method):
-    Options = AttentionOptions
-    method_name = "attention"
-    pair_mode = "attention"
-    pair_select = "all"
-
-    @classmethod
-    def check(cls, student, teacher, example_batch, options) -> None:  # noqa: ANN001
-        check_features(cls, student, teacher, example_batch, options)
-
-    def setup(self, example_batch: Any) -> None:
-        self.bridge = build_bridge(self, example_batch)
-
-    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
-        f = self.bridge.run(self.student, self.teacher, batch)
-        p = self.options.p
-        feature = mean_over_pairs([attention_loss(s, t, p=p) for s, t in zip(f.student, f.teacher)])
-        return combine(self, f, batch, feature)
+Attention = pairwise_method("attention", AttentionOptions, mode="attention", select="all", doc=__doc__,
+                            pair_loss=lambda s, t, o: attention_loss(s, t, p=o.p))

@@ -4,35 +4,15 @@ cosine kernel induces over a batch of embeddings (the last stage, pooled to `(B,
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from pydantic import Field
 
 from ..losses import pkt_loss
-from . import Method, register_method
-from ._features import FeatureOptions, build_bridge, check_features, combine, mean_over_pairs
+from ._features import FeatureOptions, pairwise_method
 
 
 class PKTOptions(FeatureOptions):
     feature_weight: float = Field(default=30000.0, ge=0)
 
 
-@register_method("pkt")
-class PKT(Method):
-    Options = PKTOptions
-    method_name = "pkt"
-    pair_mode = "relation"
-    pair_select = "last"
-
-    @classmethod
-    def check(cls, student, teacher, example_batch, options) -> None:  # noqa: ANN001
-        check_features(cls, student, teacher, example_batch, options)
-
-    def setup(self, example_batch: Any) -> None:
-        self.bridge = build_bridge(self, example_batch)
-
-    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
-        f = self.bridge.run(self.student, self.teacher, batch)
-        feature = mean_over_pairs([pkt_loss(s, t) for s, t in zip(f.student, f.teacher)])
-        return combine(self, f, batch, feature)
+PKT = pairwise_method("pkt", PKTOptions, mode="relation", select="last", doc=__doc__,
+                      pair_loss=lambda s, t, o: pkt_loss(s, t))

@@ -4,14 +4,10 @@ batch of embeddings (the last stage, pooled to `(B, D)`; widths may differ, no p
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from pydantic import Field
 
 from ..losses import rkd_loss
-from . import Method, register_method
-from ._features import FeatureOptions, build_bridge, check_features, combine, mean_over_pairs
+from ._features import FeatureOptions, pairwise_method
 
 
 class RKDOptions(FeatureOptions):
@@ -19,25 +15,7 @@ class RKDOptions(FeatureOptions):
     angle_weight: float = Field(default=50.0, ge=0)
 
 
-@register_method("rkd")
-class RKD(Method):
-    Options = RKDOptions
-    method_name = "rkd"
-    pair_mode = "relation"
-    pair_select = "last"
-
-    @classmethod
-    def check(cls, student, teacher, example_batch, options) -> None:  # noqa: ANN001
-        check_features(cls, student, teacher, example_batch, options)
-
-    def setup(self, example_batch: Any) -> None:
-        self.bridge = build_bridge(self, example_batch)
-
-    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
-        f = self.bridge.run(self.student, self.teacher, batch)
-        o = self.options
-        feature = mean_over_pairs([
-            rkd_loss(s, t, distance_weight=o.distance_weight, angle_weight=o.angle_weight)
-            for s, t in zip(f.student, f.teacher)
-        ])
-        return combine(self, f, batch, feature)
+RKD = pairwise_method(
+    "rkd", RKDOptions, mode="relation", select="last", doc=__doc__,
+    pair_loss=lambda s, t, o: rkd_loss(s, t, distance_weight=o.distance_weight, angle_weight=o.angle_weight),
+)
