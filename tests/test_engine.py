@@ -95,3 +95,43 @@ def test_every_registered_method_builds() -> None:
     for name in METHODS.names():
         m = build_method(name, copy.deepcopy(student), LiveTeacher(copy.deepcopy(teacher)))
         assert isinstance(m, nn.Module)
+
+
+def test_teacher_ignores_the_students_mixed_precision() -> None:
+    """Accelerate runs the method's forward under autocast for `mixed_precision=bf16`; the live teacher must still
+    compute its soft targets in fp32 (bf16 is opt-in through `distill.teacher_precision`)."""
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(64, 3), nn.Linear(64, 3)
+    x = torch.randn(8, 64)
+    exact = teacher(x).detach()
+    source = LiveTeacher(teacher)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):  # what Accelerate wraps forward in
+        assert student(x).dtype == torch.bfloat16
+        got = source((x, torch.zeros(8, dtype=torch.long)))
+    assert torch.equal(got, exact)
+
+
+def test_kd_loss_is_finite_with_impossible_teacher_classes() -> None:
+    from distill.losses import kd_loss
+
+    teacher = torch.tensor([[0.0, -float("inf"), 1.0]])  # the teacher rules class 1 out entirely
+    student = torch.randn(1, 3)
+    got = kd_loss(student, teacher)
+    p = torch.tensor([0.0, 0.0, 1.0])
+    p[0], p[2] = torch.softmax(torch.tensor([0.0, 1.0]), 0)
+    q = torch.softmax(student[0], 0)
+    expected = p[0] * (p[0].log() - q[0].log()) + p[2] * (p[2].log() - q[2].log())
+    assert torch.isfinite(got) and abs(got.item() - expected.item()) < 1e-5
+
+
+def test_dkd_warmup_counter_is_checkpointed() -> None:
+    teacher, student = models()
+    method = build_method("dkd", student, LiveTeacher(teacher), options={"warmup_steps": 10})
+    method.train()
+    x, y = next(iter(data()))
+    for _ in range(3):
+        method((x, y))
+    assert int(method.state_dict()["steps_seen"]) == 3
+    fresh = build_method("dkd", copy.deepcopy(student), LiveTeacher(teacher), options={"warmup_steps": 10})
+    fresh.load_state_dict(method.state_dict())
+    assert int(fresh.steps_seen) == 3

@@ -139,3 +139,24 @@ def test_pairs_command_prints_the_table(capsys) -> None:  # noqa: ANN001
     main(args)
     out = capsys.readouterr().out
     assert "features.0" in out and "conv1x1" in out and "fitnet" in out
+
+
+def test_crd_state_with_grown_memory_banks_loads_into_a_fresh_method() -> None:
+    """A resume builds the method anew (banks of 0 rows) and loads a checkpoint whose banks have grown."""
+    from distill.batch import to_device
+    from distill.methods import build_method
+    from distill.teachers import LiveTeacher
+
+    loader = DataLoader(load_data("digits").train, batch_size=16)
+    batch = to_device(next(iter(loader)), torch.device("cpu"))
+    teacher = cnn(8, 16)
+    trained = build_method("crd", cnn(4, 8), LiveTeacher(teacher), options={"negatives": 8})
+    trained.setup(batch)
+    trained.train()
+    trained(batch)
+    state = trained.state_dict()
+    assert state["bank_s"].shape[0] > 0
+    fresh = build_method("crd", cnn(4, 8), LiveTeacher(teacher), options={"negatives": 8})
+    fresh.setup(batch)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.bank_s, state["bank_s"]) and torch.equal(fresh.bank_t, state["bank_t"])

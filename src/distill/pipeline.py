@@ -112,6 +112,11 @@ def prepare(recipe: Recipe) -> Prepared:
             f"models predict {counts['student']} classes but dataset {recipe.data.name!r} has {data.num_classes}; "
             "set num_classes in the model kwargs or data.num_classes"
         )
+    if method_cls.runs_teacher_models and (recipe.distill.cache or recipe.distill.teacher_precision != "fp32"):
+        raise DistillError(
+            f"method {recipe.distill.method!r} runs its teacher models live in fp32; remove distill.cache and "
+            "distill.teacher_precision (they apply to kd-style methods that learn from the recipe's teacher source)"
+        )
     method_cls.check(student, teacher, batch, recipe.distill.options)  # e.g. layer paths and pairing, before any write
     return Prepared(recipe, data, teacher, student, extra, _open_cache(recipe, data, teacher))
 

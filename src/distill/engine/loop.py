@@ -113,8 +113,12 @@ def fit(
     if cfg.channels_last:  # 4-D (conv) weights to NHWC; conv/BN/pool then run channels_last, same math
         method.to(memory_format=torch.channels_last)
     setup = getattr(method, "setup", None)
-    if setup is not None:  # shape-dependent submodules (projectors) must exist before the optimizer
-        setup(to_device(_peek(loader), accelerator.device))
+    if setup is not None and not getattr(method, "_setup_done", False):
+        # shape-dependent submodules (projectors) must exist before the optimizer; forking the RNG keeps the dropout
+        # stream after it identical to the student-alone phase's, so the comparison stays paired
+        with torch.random.fork_rng(devices=[]):
+            setup(to_device(_peek(loader), accelerator.device))
+        method._setup_done = True
     resume = checkpointer.resume_point(phase) if checkpointer is not None else None
     if resume is not None:
         method.load_state_dict(resume.model_state())
@@ -147,8 +151,10 @@ def fit(
         bar.update(task, completed=step)
         for epoch in range(start_epoch, epochs):
             model.train()
-            if hasattr(getattr(loader, "dataset", None), "set_epoch"):
-                loader.dataset.set_epoch(epoch)  # augment.Augmented: epoch e uses view e % K
+            if hasattr(loader, "set_epoch"):  # Accelerate's loader forwards its epoch to the dataset on iteration
+                loader.set_epoch(epoch)  # augment.Augmented: epoch e uses view e % K
+            elif hasattr(getattr(loader, "dataset", None), "set_epoch"):
+                loader.dataset.set_epoch(epoch)
             teacher_model = getattr(teacher, "model", None)
             if teacher_model is not None:
                 teacher_model.eval()
@@ -166,11 +172,17 @@ def fit(
                     accelerator.backward(loss)
                     max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
                     grad_norm = accelerator.clip_grad_norm_(params, max_norm)
-                    ok = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)))
+                    if getattr(accelerator, "scaler", None) is not None:
+                        # fp16 loss scaling: the GradScaler must see every step (it skips inf gradients itself and
+                        # lowers its scale); bypassing it would leave the gradients unscaled-but-not-stepped.
+                        optimizer.step()
+                        ok = not getattr(optimizer, "step_was_skipped", False)
+                    else:
+                        ok = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)))
+                        if ok:
+                            optimizer.step()
                 if ok:
-                    optimizer.step()
-                    if not getattr(optimizer, "step_was_skipped", False):  # fp16 loss scaling may skip a step
-                        scheduler.step()
+                    scheduler.step()
                     consecutive = 0
                 else:
                     skipped += 1

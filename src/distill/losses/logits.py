@@ -34,7 +34,13 @@ def _mean_rows(per_row: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
         return per_row.mean()
     mask = mask.to(per_row.device, torch.bool)
     kept = mask.sum()
-    return (per_row * mask).sum() / kept.clamp(min=1)
+    return torch.where(mask, per_row, torch.zeros_like(per_row)).sum() / kept.clamp(min=1)
+
+
+def _xlogy_diff(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """`p * (log p - log q)` elementwise with the convention 0 * log 0 = 0 (a teacher logit of -inf is allowed)."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
 
 
 def kd_loss(
@@ -53,7 +59,7 @@ def kd_loss(
     _check(student_logits, teacher_logits, temperature)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)  # student, (..., C)
     log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)  # teacher = target
-    per_row = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(p || q) per row, (...)
+    per_row = _xlogy_diff(log_p, log_q).sum(-1)  # KL(p || q) per row, (...)
     return temperature**2 * _mean_rows(per_row, mask)
 
 
@@ -104,7 +110,7 @@ def binary_kd_loss(
     t = teacher_logits.detach().float() / temperature
     log_p1, log_p0 = F.logsigmoid(t), F.logsigmoid(-t)  # teacher log p, log (1-p)
     log_q1, log_q0 = F.logsigmoid(s), F.logsigmoid(-s)
-    per_class = log_p1.exp() * (log_p1 - log_q1) + log_p0.exp() * (log_p0 - log_q0)
+    per_class = _xlogy_diff(log_p1, log_q1) + _xlogy_diff(log_p0, log_q0)
     return temperature**2 * _mean_rows(per_class.sum(-1), mask)
 
 
@@ -143,13 +149,13 @@ def dkd_parts(
         return torch.stack([log_tgt, log_rest], dim=-1)
 
     log_bs, log_bt = binary(s), binary(t)
-    tckd = (log_bt.exp() * (log_bt - log_bs)).sum(-1).mean()
+    tckd = _xlogy_diff(log_bt, log_bs).sum(-1).mean()
     # Non-target distributions: the target logit pushed to a huge finite negative (not -inf, whose 0 * inf would
     # make NaN gradients), so its probability is exactly 0 and its KL term vanishes.
     huge = torch.finfo(torch.float32).min / 4
     log_qs = F.log_softmax(s.masked_fill(gt, huge), dim=-1)  # (B, C)
     log_qt = F.log_softmax(t.masked_fill(gt, huge), dim=-1)
-    per_class = (log_qt.exp() * (log_qt - log_qs)).masked_fill(gt, 0.0)  # (B, C)
+    per_class = _xlogy_diff(log_qt, log_qs).masked_fill(gt, 0.0)  # (B, C)
     nckd = per_class.sum(-1).mean()
     return temperature**2 * tckd, temperature**2 * nckd
 

@@ -29,6 +29,9 @@ class Method(nn.Module):
     """Base: stores student, teacher source, temperature, alpha and validated options. At most one level deep."""
 
     needs_teacher: ClassVar[bool] = True
+    # True for methods that run teacher models themselves (feature taps, ensembles, born-again generations) and so
+    # cannot learn from the offline cache or honour distill.teacher_precision; the pipeline refuses those settings.
+    runs_teacher_models: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(

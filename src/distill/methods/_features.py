@@ -55,7 +55,8 @@ class FeatureBridge(nn.Module):
             s_logits = forward_with_features(student, inputs, s_tap)  # (B, C)
         teacher = teacher_model(teacher_source)
         teacher.eval()
-        with FeatureTap(teacher, [p.teacher for p in self.pairs], detach=True) as t_tap, torch.inference_mode():
+        no_autocast = torch.autocast(device_type=_device_of(batch).type, enabled=False)  # full-precision teacher
+        with FeatureTap(teacher, [p.teacher for p in self.pairs], detach=True) as t_tap, torch.inference_mode(), no_autocast:
             t_logits = forward_with_features(teacher, inputs, t_tap)
         # Inference tensors cannot be saved for backward: clone them outside inference mode.
         t_feats = [t_tap.features[p.teacher].clone() for p in self.pairs]
@@ -135,7 +136,7 @@ def pairwise_method(
         feature = mean_over_pairs([pair_loss(s, t, self.options) for s, t in zip(f.student, f.teacher)])
         return combine(self, f, batch, feature)
 
-    attrs = {"Options": options, "method_name": name, "pair_mode": mode, "pair_select": select, "__doc__": doc,
+    attrs = {"runs_teacher_models": True, "Options": options, "method_name": name, "pair_mode": mode, "pair_select": select, "__doc__": doc,
              "check": classmethod(check), "setup": setup, "forward": forward}
     cls = type(name.capitalize(), (Method,), attrs)
     return register_method(name)(cls)

@@ -28,6 +28,7 @@ class BornAgainOptions(BaseModel):
 @register_method("born_again")
 class BornAgain(Method):
     Options = BornAgainOptions
+    runs_teacher_models = True
 
     @classmethod
     def generations(cls, options: dict[str, Any]) -> int:

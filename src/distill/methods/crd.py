@@ -35,6 +35,7 @@ class CRDOptions(FeatureOptions):
 @register_method("crd")
 class CRD(Method):
     Options = CRDOptions
+    runs_teacher_models = True
     method_name = "crd"
     pair_mode = "relation"
     pair_select = "last"
@@ -55,6 +56,15 @@ class CRD(Method):
         self.embed_t.to(device)
         self.register_buffer("bank_s", torch.empty(0, dim, device=device))
         self.register_buffer("bank_t", torch.empty(0, dim, device=device))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        """The banks grow while training: take the checkpoint's size before loading (a resume starts with 0 rows)."""
+        for name in ("bank_s", "bank_t"):
+            saved = state_dict.get(prefix + name)
+            current = getattr(self, name, None)
+            if saved is not None and current is not None and saved.shape != current.shape:
+                setattr(self, name, torch.empty_like(saved, device=current.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _grow(self, size: int) -> None:
         """Extend both banks to `size` rows of random unit vectors (CRD initialises its memory at random)."""

@@ -33,7 +33,8 @@ class DKD(Method):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.steps_seen = 0  # training forward passes, for the warm-up
+        # training steps seen, for the warm-up; a buffer so checkpoints save it and a resume continues the ramp
+        self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         o = self.options
@@ -48,7 +49,7 @@ class DKD(Method):
         tckd, nckd = dkd_parts(s, t, target, temperature=self.temperature)
         if self.training:
             self.steps_seen += 1
-        ramp = min(1.0, self.steps_seen / o.warmup_steps) if o.warmup_steps else 1.0
+        ramp = min(1.0, int(self.steps_seen) / o.warmup_steps) if o.warmup_steps else 1.0
         hard = hard_loss(student, labels) if labels is not None else student.float().sum() * 0.0
         loss = o.ce_weight * hard + ramp * (o.dkd_alpha * tckd + o.dkd_beta * nckd)
         return {"loss": loss, "hard": hard.detach(), "tckd": tckd.detach(), "nckd": nckd.detach()}

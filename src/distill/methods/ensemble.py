@@ -29,6 +29,7 @@ class EnsembleOptions(BaseModel):
 @register_method("ensemble")
 class Ensemble(Method):
     Options = EnsembleOptions
+    runs_teacher_models = True
 
     @classmethod
     def extra_teachers(cls, options: dict[str, Any]) -> list[Any]:
@@ -49,6 +50,9 @@ class Ensemble(Method):
             )
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        t_ens = getattr(self.teacher, "temperature", self.temperature)
+        if t_ens != self.temperature:  # the target is exact only at the temperature the ensemble averaged at
+            raise DistillError(f"ensemble teacher averages at T={t_ens} but the method uses T={self.temperature}; use one T")
         student = forward_logits(self.student, inputs_of(batch))  # (B, C)
         teacher = self.teacher(batch)  # (B, C): T·log(mean tempered probabilities)
         labels = labels_of(batch)

@@ -8,7 +8,6 @@ weights change later).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Protocol
 
 import torch
@@ -57,11 +56,12 @@ class LiveTeacher:
         ctx = (
             torch.autocast(device_type=self.device.type, dtype=self.autocast)
             if self.autocast is not None
-            else contextlib.nullcontext()
+            else torch.autocast(device_type=self.device.type, enabled=False)  # never inherit the student's autocast
         )
         inputs = inputs_of(batch)
         if self._run is None:
-            self.execution, self._run = choose_execution(self.model, inputs, enabled=self.tune, autocast=self.autocast)
+            with torch.autocast(device_type=self.device.type, enabled=False):  # choose in the teacher's own precision
+                self.execution, self._run = choose_execution(self.model, inputs, enabled=self.tune, autocast=self.autocast)
         with torch.inference_mode(), ctx:
             logits = self._run(inputs).float()
         # Inference tensors cannot be saved for backward; a clone of (B, C) logits is cheap.
