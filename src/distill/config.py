@@ -75,7 +75,7 @@ class TrainConfig(Strict):
     max_nonfinite: int = Field(default=10, ge=1)  # abort after this many consecutive skipped steps
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     checkpoint_every: int | None = Field(default=None, ge=1)
-    channels_last: bool = False  # conv students in NHWC memory format (CPU: ~1.3-1.6x faster steps, bench/speed.py)
+    channels_last: bool = True  # conv weights in NHWC memory format (CPU: 1.3-1.6x faster conv steps, bench/speed.py)
 
 
 class EvalConfig(Strict):
