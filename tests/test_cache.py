@@ -247,3 +247,22 @@ def test_inexact_execution_is_never_chosen() -> None:
     assert live.execution["execution"] != "torchscript"
     with torch.no_grad():
         assert torch.allclose(live({"inputs": x[:3]}), live.model(x[:3]), atol=1e-5)
+
+
+def test_live_teacher_replays_the_runs_recorded_execution(tmp_path) -> None:
+    """A resumed run must reuse the execution its first attempt chose (timing could pick another, and the exact
+    candidates differ at float-rounding level)."""
+    from distill.models import create_model
+    from distill.teachers import LiveTeacher
+
+    teacher = create_model("cnn", input_shape=(1, 8, 8), num_classes=10, channels=[8, 16])
+    x = torch.randn(16, 1, 8, 8)
+    record = tmp_path / "teacher_execution.0.json"
+    first = LiveTeacher(teacher, record=record)
+    first((x,))
+    chosen = json.loads(record.read_text())["execution"]
+    other = "channels_last" if chosen != "channels_last" else "eager"
+    record.write_text(json.dumps({"execution": other}))
+    replay = LiveTeacher(teacher, record=record)
+    replay((x,))
+    assert replay.execution["execution"] == other and replay.execution["reason"] == "recorded choice of this run"

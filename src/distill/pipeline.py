@@ -268,7 +268,7 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         models = {"teacher": teacher, "extra": extra, "previous": freeze(copy.deepcopy(previous)), "generation": g}
         method = build_method(
             r.distill.method, copy.deepcopy(p.student_init),
-            cls.teacher_source({**models, "source": _source(p, teacher)}, opts, r.distill.temperature),
+            cls.teacher_source({**models, "source": _source(p, teacher, run_dir, acc)}, opts, r.distill.temperature),
             temperature=r.distill.temperature, alpha=r.distill.alpha, options=opts,
         )
         phases[name] = train(name, method)
@@ -295,12 +295,14 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     acc.end_training()
 
 
-def _source(p: Prepared, teacher: nn.Module) -> CachedTeacher | LiveTeacher:
-    """The distilled phase's teacher: the cache when the recipe names one (no teacher forward), else live."""
+def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) -> CachedTeacher | LiveTeacher:
+    """The distilled phase's teacher: the cache when the recipe names one (no teacher forward), else live. The live
+    teacher's execution choice is kept per process in the run directory, so `--resume` replays the same arithmetic."""
     if p.cache is not None:
         return p.cache
     bf16 = p.recipe.distill.teacher_precision == "bf16"
-    return LiveTeacher(teacher, autocast=torch.bfloat16 if bf16 else None)
+    record = run_dir / "checkpoints" / f"teacher_execution.{acc.process_index}.json"
+    return LiveTeacher(teacher, autocast=torch.bfloat16 if bf16 else None, record=record)
 
 
 def evaluate_models(models: dict[str, nn.Module], p: Prepared, device: torch.device) -> dict[str, Any]:

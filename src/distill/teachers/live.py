@@ -8,6 +8,8 @@ weights change later).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -33,10 +35,19 @@ def freeze(model: nn.Module) -> nn.Module:
 class LiveTeacher:
     """Runs a frozen teacher model on each batch. `autocast` (e.g. `torch.bfloat16`) is an approximate, faster mode."""
 
-    def __init__(self, model: nn.Module, *, autocast: torch.dtype | None = None, tune: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        autocast: torch.dtype | None = None,
+        tune: bool = True,
+        record: str | Path | None = None,
+    ) -> None:
         self.model = freeze(model)
         self.autocast = autocast
         self.tune = tune  # pick the fastest exact execution on the first batch
+        # `record`: a JSON file holding this run's choice; a resumed run reuses it so its arithmetic is identical
+        self.record = Path(record) if record is not None else None
         self.execution: dict[str, Any] | None = None  # what was chosen, with the measured max |diff| and speed-up
         self._run: Any = None  # inputs -> logits, the chosen execution
 
@@ -60,8 +71,20 @@ class LiveTeacher:
         )
         inputs = inputs_of(batch)
         if self._run is None:
+            prefer = None
+            if self.record is not None and self.record.is_file():
+                try:
+                    prefer = json.loads(self.record.read_text()).get("execution")
+                except (json.JSONDecodeError, OSError, AttributeError):
+                    prefer = None  # unreadable: choose afresh
             with torch.autocast(device_type=self.device.type, enabled=False):  # choose in the teacher's own precision
-                self.execution, self._run = choose_execution(self.model, inputs, enabled=self.tune, autocast=self.autocast)
+                self.execution, self._run = choose_execution(
+                    self.model, inputs, enabled=self.tune, autocast=self.autocast, prefer=prefer
+                )
+            if self.record is not None and prefer is None:
+                tmp = self.record.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.execution))
+                tmp.replace(self.record)
         with torch.inference_mode(), ctx:
             logits = self._run(inputs).float()
         # Inference tensors cannot be saved for backward; a clone of (B, C) logits is cheap.
