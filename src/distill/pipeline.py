@@ -297,11 +297,12 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
 
 def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) -> CachedTeacher | LiveTeacher:
     """The distilled phase's teacher: the cache when the recipe names one (no teacher forward), else live. The live
-    teacher's execution choice is kept per process in the run directory, so `--resume` replays the same arithmetic."""
+    teacher's execution choice is kept in the run directory, so `--resume` replays the same arithmetic (main process;
+    under several processes the others choose for themselves, as they did before the resume)."""
     if p.cache is not None:
         return p.cache
     bf16 = p.recipe.distill.teacher_precision == "bf16"
-    record = run_dir / "checkpoints" / f"teacher_execution.{acc.process_index}.json"
+    record = run_dir / "checkpoints" / "teacher_execution.json" if acc.is_main_process else None
     return LiveTeacher(teacher, autocast=torch.bfloat16 if bf16 else None, record=record)
 
 
