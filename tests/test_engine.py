@@ -135,3 +135,44 @@ def test_dkd_warmup_counter_is_checkpointed() -> None:
     fresh = build_method("dkd", copy.deepcopy(student), LiveTeacher(teacher), options={"warmup_steps": 10})
     fresh.load_state_dict(method.state_dict())
     assert int(fresh.steps_seen) == 3
+
+
+def test_prepared_loader_epoch_reaches_the_dataset() -> None:
+    """The loop sets the epoch on Accelerate's loader, which forwards it to the dataset on iteration (setting it on
+    the dataset alone is overwritten by the loader's own counter, which a resumed run restarts at 0)."""
+
+    class Views(torch.utils.data.Dataset):
+        epoch = -1
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int):
+            return torch.tensor([float(self.epoch)]), torch.tensor(0)
+
+    acc = Accelerator(cpu=True)
+    loader = acc.prepare(DataLoader(Views(), batch_size=2))
+    loader.set_epoch(3)
+    x, _ = next(iter(loader))
+    assert x.flatten().tolist() == [3.0, 3.0]
+
+
+def test_distiller_fit_twice_keeps_projectors() -> None:
+    from distill import Distiller
+    from distill.models import create_model
+
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 1, 8, 8), torch.arange(64) % 10
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    teacher = create_model("cnn", input_shape=(1, 8, 8), num_classes=10, channels=[8, 16])
+    student = create_model("cnn", input_shape=(1, 8, 8), num_classes=10, channels=[4, 8])
+    d = Distiller(teacher, student, method="fitnet", progress=False)
+    d.fit(loader, epochs=1)
+    bridge = d.method.bridge
+    after_first = {k: v.clone() for k, v in bridge.state_dict().items()}
+    d.fit(loader, epochs=1)
+    assert d.method.bridge is bridge  # not rebuilt: its trained projectors carry over
+    assert any(not torch.equal(v, after_first[k]) for k, v in bridge.state_dict().items())  # and keep training
