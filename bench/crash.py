@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from distill.engine.metrics import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "digits.yaml"
 EVERY = 4
@@ -71,15 +73,7 @@ def run_cli(out: Path, *, resume: bool = False, timeout: float = 300) -> int:
 
 def metrics(out: Path) -> list[dict[str, Any]]:
     """Rows of `metrics.jsonl`, a torn last line skipped."""
-    rows = []
-    path = out / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return rows
+    return read_metrics(out / "metrics.jsonl")
 
 
 def kill_randomly(out: Path, rng: random.Random, *, resume: bool, window_s: float = 3.0, sleep_s: float = 0.03) -> dict:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .config import TrainConfig
-from .engine.evaluate import classification_metrics, predict
+from .engine.evaluate import accuracy, classification_metrics, predict
 from .engine.loop import fit
 from .engine.metrics import MetricsLog
 from .methods import METHODS, build_method
@@ -62,7 +62,8 @@ class Distiller:
 
     def fit(self, train_loader: DataLoader, *, epochs: int = 1, val_loader: DataLoader | None = None) -> Distiller:
         """Train the student for `epochs` epochs; per-epoch validation metrics land in `self.history`."""
-        evaluate = (lambda m: {"accuracy": self.evaluate(val_loader)["accuracy"]}) if val_loader is not None else None
+        device = self.accelerator.device
+        evaluate = (lambda m: {"accuracy": accuracy(m.student, val_loader, device)}) if val_loader is not None else None
         self.summary = fit(
             self.method, train_loader, self.train_cfg, accelerator=self.accelerator, phase="distill",
             epochs=epochs, log=self.log, evaluate=evaluate, progress=self.progress,

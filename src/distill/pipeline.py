@@ -29,7 +29,7 @@ from .config import Recipe, dump_recipe
 from .data import DataBundle, load_data
 from .engine.checkpoint import Checkpointer, open_for_resume
 from .engine.distributed import cpu_only_launch
-from .engine.evaluate import classification_metrics, model_size, predict, speed
+from .engine.evaluate import accuracy, classification_metrics, model_size, predict, speed
 from .engine.io import load_weights, save_weights
 from .engine.loop import fit
 from .engine.metrics import MetricsLog
@@ -81,8 +81,9 @@ def prepare(recipe: Recipe) -> Prepared:
         load_weights(teacher, recipe.teacher.weights)
     student = create_model(recipe.student.name, **kw, **recipe.student.kwargs)
     method_cls = METHODS.get(recipe.distill.method)
-    extra = [create_model(c.name, **kw, **c.kwargs) for c in method_cls.extra_teachers(recipe.distill.options)]
-    for c, model in zip(method_cls.extra_teachers(recipe.distill.options), extra):
+    extra_cfgs = method_cls.extra_teachers(recipe.distill.options)
+    extra = [create_model(c.name, **kw, **c.kwargs) for c in extra_cfgs]
+    for c, model in zip(extra_cfgs, extra):
         if c.weights:
             load_weights(model, c.weights)
     batch = _example(data.train, 2)
@@ -227,7 +228,7 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     val_loader = _loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
 
     def val(method: nn.Module) -> dict[str, float]:
-        return {"accuracy": classification_metrics(*predict(method.student, val_loader, acc.device))["accuracy"]}
+        return {"accuracy": accuracy(method.student, val_loader, acc.device)}
 
     def train(name: str, method: nn.Module, **kw: Any) -> dict[str, Any]:
         set_seed(r.seed)  # same seed, same data order, same dropout draws for every phase

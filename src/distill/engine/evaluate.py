@@ -41,6 +41,13 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | None = 
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
+def accuracy(model: nn.Module, loader: DataLoader, device: torch.device | None = None) -> float:
+    """Top-1 accuracy of `model` on the labelled rows of `loader` (per-epoch validation)."""
+    logits, labels = predict(model, loader, device)
+    labelled = labels != IGNORE_INDEX
+    return float((logits[labelled].argmax(-1) == labels[labelled]).float().mean()) if bool(labelled.any()) else 0.0
+
+
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, Any]:
     """Expected calibration error (equal-width confidence bins, Guo et al. 2017) and the per-bin table."""
     conf, pred = probs.max(-1)

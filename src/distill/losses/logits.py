@@ -63,9 +63,12 @@ def kd_loss(
     return temperature**2 * _mean_rows(per_row, mask)
 
 
-def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the un-tempered student, averaged over labelled rows (label != -100); 0 if none are."""
+def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of the un-tempered student, averaged over labelled rows (label != -100); 0 (keeping the graph)
+    if none are or `labels` is None (an unlabelled batch)."""
     logits = student_logits.float().reshape(-1, student_logits.shape[-1])
+    if labels is None:
+        return logits.sum() * 0.0
     labels = labels.reshape(-1).to(logits.device)
     labelled = labels != IGNORE_INDEX
     if not bool(labelled.any()):
@@ -88,8 +91,8 @@ def hinton_loss(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     soft = kd_loss(student_logits, teacher_logits, temperature=temperature)
-    if labels is None or alpha == 1.0:
-        return alpha * soft + (1 - alpha) * (student_logits.float().sum() * 0.0)
+    if alpha == 1.0:
+        return soft + hard_loss(student_logits, None)
     return alpha * soft + (1 - alpha) * hard_loss(student_logits, labels)
 
 

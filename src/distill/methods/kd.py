@@ -47,6 +47,6 @@ class KD(Method):
                 soft = kd_loss(standardize_logits(student), standardize_logits(teacher), temperature=self.temperature)
             else:
                 soft = kd_loss(student, teacher, temperature=self.temperature)
-            hard = hard_loss(student, labels) if labels is not None else student.float().sum() * 0.0
+            hard = hard_loss(student, labels)
         loss = self.alpha * soft + (1.0 - self.alpha) * hard
         return {"loss": loss, "soft": soft.detach(), "hard": hard.detach()}
