@@ -20,7 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-from distill.config import load_recipe
+from distill.recipe import load_recipe
 from distill.pipeline import run_recipe
 from distill.report import load_report
 

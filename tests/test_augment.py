@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from distill.augment import AugmentConfig, Augmented, _crop_flip, augmented, uniforms
-from distill.config import validate
+from distill.recipe import validate
 from distill.data import Indexed
 from distill.errors import DistillError
 

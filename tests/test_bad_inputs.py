@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from distill.cli import main
-from distill.config import Recipe, validate
+from distill.config import Recipe
+from distill.recipe import validate
 from distill.errors import DistillError
 
 from conftest import RECIPES, TINY
@@ -196,7 +196,8 @@ def under_file(tmp: Path) -> list[str]:
 def started_run(tmp: Path, config: str | None = None) -> None:
     (tmp / "run" / "checkpoints").mkdir(parents=True)
     if config is None:
-        from distill.config import dump_recipe, load_recipe
+        from distill.config import dump_recipe
+        from distill.recipe import load_recipe
 
         config = dump_recipe(load_recipe(RECIPES / "digits.yaml", list(TINY)))
     (tmp / "run" / "config.yaml").write_text(config)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from distill.cli import main
-from distill.config import load_recipe
+from distill.recipe import load_recipe
 from distill.engine.io import save_weights
 from distill.pipeline import prepare
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from distill.config import Recipe, apply_override, dump_recipe, load_recipe, validate
+from distill.config import Recipe, apply_override, dump_recipe
+from distill.recipe import load_recipe, validate
 from distill.errors import DistillError
 
 from conftest import RECIPES

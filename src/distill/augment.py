@@ -21,43 +21,17 @@ student alone, the teacher's own training) use `cfg.without_mix()`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import betaincinv
 from torch.utils.data import Dataset
 
+from .config import AugmentConfig
+
 IGNORE_INDEX = -100
-
-
-class AugmentConfig(BaseModel):
-    """Recipe section `augment:`. All off by default (views=1, identity)."""
-
-    model_config = ConfigDict(extra="forbid")
-    views: int = Field(default=1, ge=1)  # K distinct views per example; epoch e uses view e % K
-    crop_padding: int = Field(default=0, ge=0)
-    flip: bool = False
-    mix: Literal["none", "mixup", "cutmix"] = "none"
-    mix_alpha: float = Field(default=1.0, gt=0)
-    mix_prob: float = Field(default=1.0, ge=0, le=1)
-    seed: int | None = None  # base seed; None = the recipe's seed
-
-    @property
-    def active(self) -> bool:
-        return self.crop_padding > 0 or self.flip or self.mix != "none"
-
-    def without_mix(self) -> AugmentConfig:
-        return self.model_copy(update={"mix": "none"})
-
-    def fingerprint(self, seed: int) -> str:
-        """Canonical JSON of everything that changes a view (the cache manifest hashes it)."""
-        doc = self.model_dump(mode="json")
-        doc["seed"] = self.seed if self.seed is not None else seed
-        return json.dumps(doc, sort_keys=True)
 
 
 _GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)

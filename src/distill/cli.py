@@ -42,7 +42,7 @@ def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite
          resume: bool = False) -> None:
     from accelerate import PartialState
 
-    from .config import load_recipe
+    from .recipe import load_recipe
     from .pipeline import run_recipe
     from .report import load_report, verdict
 
@@ -90,8 +90,8 @@ def cache(
     rebuild: bool = typer.Option(False, help="Replace a stale, partial or mismatched cache."),
 ) -> None:
     """Run the teacher once over augment.views views of the training data and store its outputs."""
-    from .config import load_recipe
-    from .teachers.cache_build import build_recipe_cache
+    from .recipe import load_recipe
+    from .tasks import build_recipe_cache
 
     started = time.perf_counter()
     path, m = build_recipe_cache(load_recipe(recipe, set_), out, storage=storage, topk=topk, rebuild=rebuild)
@@ -119,8 +119,9 @@ def pairs(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set distill.method=fitnet"),
 ) -> None:
     """Print the teacher<->student layer pairing a feature method would use (nothing is trained or written)."""
-    from .config import load_recipe
-    from .pairing import pairing_for_recipe, projector_params
+    from .recipe import load_recipe
+    from .pairing import projector_params
+    from .tasks import pairing_for_recipe
 
     r = load_recipe(recipe, set_)
     mode, found = pairing_for_recipe(r)

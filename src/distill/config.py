@@ -6,18 +6,44 @@ registry name or by `package.module:function`; nothing in YAML executes code (on
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .augment import AugmentConfig
 from .errors import DistillError
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # lr: .inf or .nan would only fail mid-run
+
+
+class AugmentConfig(BaseModel):
+    """Recipe section `augment:`. All off by default (views=1, identity)."""
+
+    model_config = ConfigDict(extra="forbid")
+    views: int = Field(default=1, ge=1)  # K distinct views per example; epoch e uses view e % K
+    crop_padding: int = Field(default=0, ge=0)
+    flip: bool = False
+    mix: Literal["none", "mixup", "cutmix"] = "none"
+    mix_alpha: float = Field(default=1.0, gt=0)
+    mix_prob: float = Field(default=1.0, ge=0, le=1)
+    seed: int | None = None  # base seed; None = the recipe's seed
+
+    @property
+    def active(self) -> bool:
+        return self.crop_padding > 0 or self.flip or self.mix != "none"
+
+    def without_mix(self) -> AugmentConfig:
+        return self.model_copy(update={"mix": "none"})
+
+    def fingerprint(self, seed: int) -> str:
+        """Canonical JSON of everything that changes a view (the cache manifest hashes it)."""
+        doc = self.model_dump(mode="json")
+        doc["seed"] = self.seed if self.seed is not None else seed
+        return json.dumps(doc, sort_keys=True)
 
 
 class DataConfig(Strict):
@@ -48,17 +74,6 @@ class DistillConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     cache: str | None = None  # teacher cache directory (`distill cache`); the distilled phase then runs no teacher
     teacher_precision: Literal["fp32", "bf16"] = "fp32"  # bf16: approximate, faster live teacher (fidelity logged)
-
-    @model_validator(mode="after")
-    def _method_and_options(self) -> DistillConfig:
-        from .methods import METHODS
-
-        cls = METHODS.get(self.method)  # raises DistillError listing the registry
-        try:
-            cls.Options(**self.options)
-        except ValidationError as exc:
-            raise DistillError(f"distill.options for method {self.method!r}: {_one_line(exc)}") from None
-        return self
 
 
 class TrainConfig(Strict):
@@ -105,7 +120,7 @@ class Recipe(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
-def _one_line(exc: ValidationError) -> str:
+def one_line(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "recipe"
@@ -139,18 +154,21 @@ def apply_override(doc: dict[str, Any], assignment: str) -> None:
     node[keys[-1]] = value
 
 
-def validate(doc: Any, *, source: str = "recipe") -> Recipe:
-    """Validate a recipe document, turning every problem into one `DistillError` line."""
+def parse_recipe(doc: Any, *, source: str = "recipe") -> Recipe:
+    """Validate a recipe document's structure and values, turning every problem into one `DistillError` line.
+
+    Method names and `distill.options` are checked one layer up (`distill.recipe.validate`), where the methods are
+    known; this module stays a leaf."""
     if not isinstance(doc, dict):
         raise DistillError(f"{source} must be a YAML mapping with sections name, data, teacher, student, distill, train")
     try:
         return Recipe.model_validate(doc)
     except ValidationError as exc:
-        raise DistillError(f"invalid {source}: {_one_line(exc)}") from None
+        raise DistillError(f"invalid {source}: {one_line(exc)}") from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply `--set` overrides, validate."""
+def read_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply `--set` overrides, validate its structure (`parse_recipe`)."""
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"recipe file {str(path)!r} not found; pass the path of a YAML recipe (see recipes/)")
@@ -165,7 +183,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if isinstance(doc, dict):
         for assignment in overrides or []:
             apply_override(doc, assignment)
-    return validate(doc, source=f"recipe {path.name}")
+    return parse_recipe(doc, source=f"recipe {path.name}")
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -211,20 +211,3 @@ def build_projector(pair: Pair) -> nn.Module:
 
 def projector_params(pair: Pair) -> int:
     return sum(p.numel() for p in build_projector(pair).parameters())
-
-
-def pairing_for_recipe(recipe: Any) -> tuple[str, list[Pair]]:
-    """`(mode, pairs)` for a validated recipe: its method's pairing mode (or `project` for logit methods)."""
-    from .methods import METHODS
-    from .pipeline import _example, prepare
-
-    prepared = prepare(recipe)  # builds and checks everything; writes nothing
-    cls = METHODS.get(recipe.distill.method)
-    mode = getattr(cls, "pair_mode", "project")
-    options = cls.Options(**recipe.distill.options)
-    pairs = propose_pairs(
-        prepared.student_init, prepared.teacher, _example(prepared.data.train, 2), mode=mode,
-        select=getattr(cls, "pair_select", "all"), overrides=getattr(options, "pairs", None),
-        method=recipe.distill.method,
-    )
-    return mode, pairs

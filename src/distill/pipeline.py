@@ -13,11 +13,13 @@ import datetime as dt
 import importlib.util
 import json
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from torch import nn
@@ -27,7 +29,7 @@ from .augment import augmented
 from .batch import forward_logits, inputs_of
 from .config import Recipe, dump_recipe
 from .data import DataBundle, load_data
-from .engine.checkpoint import Checkpointer, open_for_resume
+from .engine.checkpoint import CheckpointWarning, Checkpointer
 from .engine.distributed import cpu_only_launch
 from .engine.evaluate import accuracy, classification_metrics, model_size, predict, speed
 from .engine.io import load_weights, save_weights
@@ -36,7 +38,9 @@ from .engine.metrics import MetricsLog
 from .errors import DistillError
 from .methods import METHODS, build_method
 from .models import create_model
+from .report import render
 from .teachers import CachedTeacher, LiveTeacher, freeze
+from .teachers.cache_build import cache_keys
 
 
 @dataclass
@@ -56,7 +60,8 @@ def _loader(ds, batch_size: int, *, shuffle: bool, seed: int, workers: int = 0) 
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers)
 
 
-def _example(ds, n: int = 1) -> Any:
+def example_batch(ds, n: int = 1) -> Any:
+    """The first `n` examples of a dataset, collated as one batch."""
     return next(iter(DataLoader(ds, batch_size=n)))
 
 
@@ -86,7 +91,7 @@ def prepare(recipe: Recipe) -> Prepared:
     for c, model in zip(extra_cfgs, extra):
         if c.weights:
             load_weights(model, c.weights)
-    batch = _example(data.train, 2)
+    batch = example_batch(data.train, 2)
     counts = {}
     roles = [("teacher", teacher), ("student", student)] + [(f"teacher {i}", m) for i, m in enumerate(extra, start=1)]
     for role, model in roles:
@@ -128,8 +133,6 @@ def _open_cache(recipe: Recipe, data: DataBundle, teacher: nn.Module) -> CachedT
         return None
     if recipe.teacher.weights is None:
         raise DistillError("distill.cache needs a trained teacher: set teacher.weights to the weights the cache was built with")
-    from .teachers.cache_build import cache_keys
-
     keys = cache_keys(teacher, data.train, recipe.augment, recipe.seed, recipe.distill.teacher_precision)
     cache = CachedTeacher(recipe.distill.cache, expect=keys)
     if cache.num_classes != data.num_classes:
@@ -219,8 +222,6 @@ def run_recipe(recipe: Recipe, out: Path | None = None, *, overwrite: bool = Fal
 
 
 def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool = False) -> None:
-    from .report import render  # the report reads only artifacts; imported here to keep the engine independent
-
     r, data = p.recipe, p.data
     acc = _accelerator(r, run_dir)
     log = MetricsLog(run_dir / "metrics.jsonl", acc)
@@ -307,14 +308,50 @@ def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) ->
     return LiveTeacher(teacher, autocast=torch.bfloat16 if bf16 else None, record=record)
 
 
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if a == b else prefix.rstrip(".") or "recipe"
+
+
+def open_for_resume(run_dir: str | Path, recipe_yaml: str, *, overwrite: bool = False) -> Path:
+    """Check that `run_dir` holds a run of this very recipe that can be resumed (read-only; every process may call
+    it). Raises `DistillError` naming the fix; warns when there is no complete checkpoint yet (training restarts)."""
+    run_dir = Path(run_dir)
+    if overwrite:
+        raise DistillError("--resume and --overwrite exclude each other; drop one of them")
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise DistillError(f"nothing to resume in {str(run_dir)!r} (no run was started there); run without --resume")
+    try:
+        saved = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise DistillError(f"{str(config)!r} is corrupt; start a new run without --resume") from None
+    diff = _first_difference(saved, yaml.safe_load(recipe_yaml))
+    if diff:
+        raise DistillError(
+            f"the recipe differs from the one {str(run_dir)!r} was started with (at {diff}); "
+            "resume with the same recipe and --set overrides, or start a new run"
+        )
+    checkpoints = run_dir / "checkpoints"
+    if not checkpoints.is_dir() or not any(p.is_dir() and not p.name.startswith(".") for p in checkpoints.iterdir()):
+        warnings.warn(f"no complete checkpoint in {str(checkpoints)!r}; training restarts from step 0",
+                      CheckpointWarning, stacklevel=2)
+    return run_dir
+
+
 def evaluate_models(models: dict[str, nn.Module], p: Prepared, device: torch.device) -> dict[str, Any]:
     """Test-set metrics, size and speed for every model variant; the first one is the reference teacher."""
     r, data = p.recipe, p.data
     test_loader = _loader(data.test, r.data.eval_batch_size, shuffle=False, seed=r.seed)
     preds = {name: predict(m, test_loader, device) for name, m in models.items()}
     teacher_logits, labels = next(iter(preds.values()))
-    one = {k: v for k, v in _example(data.test, 1).items() if k not in ("labels", "index")}
-    many = {k: v for k, v in _example(data.test, min(len(data.test), 256)).items() if k not in ("labels", "index")}
+    one = {k: v for k, v in example_batch(data.test, 1).items() if k not in ("labels", "index")}
+    many = {k: v for k, v in example_batch(data.test, min(len(data.test), 256)).items() if k not in ("labels", "index")}
     out: dict[str, Any] = {"models": {}, "dataset": {"name": r.data.name, "test_size": len(data.test),
                                                      "train_size": len(data.train), "num_classes": data.num_classes}}
     for name, model in models.items():

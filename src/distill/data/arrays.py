@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..errors import DistillError
-from . import DataBundle, register_dataset
+from ._registry import DataBundle, register_dataset
 
 SPLITS = ("train", "val", "test")
 

@@ -7,7 +7,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
-from . import DataBundle, register_dataset
+from ._registry import DataBundle, register_dataset
 
 
 @register_dataset("digits")

@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
 from ..errors import DistillError
-from . import DataBundle, register_dataset
+from ._registry import DataBundle, register_dataset
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {

@@ -28,17 +28,3 @@ class MetricsLog:
             phase = clean.get("phase", "train")
             scalars = {f"{phase}/{k}": v for k, v in clean.items() if isinstance(v, (int, float)) and k != "step"}
             self.accelerator.log(scalars, step=clean.get("step"))
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Read `metrics.jsonl`, skipping a torn last line (a killed writer)."""
-    rows = []
-    p = Path(path)
-    if not p.exists():
-        return rows
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows

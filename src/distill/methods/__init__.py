@@ -3,100 +3,11 @@
 A method is an `nn.Module` that owns the student (and any projectors it trains) as submodules and holds the teacher
 as a *source* (not a submodule). `forward(batch)` returns `{"loss": scalar, "<part>": detached scalar, ...}`;
 the engine logs every key but `loss`. Method-specific recipe options live in `distill.options` and are validated by
-the method's `Options` pydantic model.
+the method's `Options` pydantic model. The base class and the registry live in `base.py`; importing this package
+imports every method file, which fills the registry.
 """
 
-from __future__ import annotations
+from . import attention, born_again, cosine, crd, dkd, ensemble, fitnet, kd, pkt, rkd, scratch  # noqa: F401
+from .base import METHODS, Method, NoOptions, build_method, check_distill, register_method
 
-from typing import Any, ClassVar
-
-import torch
-from pydantic import BaseModel, ConfigDict
-from torch import nn
-
-from ..registry import Registry
-from ..teachers import LiveTeacher, TeacherSource
-
-METHODS: Registry = Registry("method")
-register_method = METHODS.register
-
-
-class NoOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Method(nn.Module):
-    """Base: stores student, teacher source, temperature, alpha and validated options. At most one level deep."""
-
-    needs_teacher: ClassVar[bool] = True
-    # True for methods that run teacher models themselves (feature taps, ensembles, born-again generations) and so
-    # cannot learn from the offline cache or honour distill.teacher_precision; the pipeline refuses those settings.
-    runs_teacher_models: ClassVar[bool] = False
-    Options: ClassVar[type[BaseModel]] = NoOptions
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: TeacherSource | None,
-        *,
-        temperature: float = 4.0,
-        alpha: float = 0.9,
-        options: dict[str, Any] | BaseModel | None = None,
-    ) -> None:
-        super().__init__()
-        self.student = student
-        self.teacher = teacher  # plain attribute: never registered, never DDP-wrapped, never optimised
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
-        self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
-
-    # Hooks the pipeline reads generically (no method names in the engine); the defaults describe plain KD.
-    @classmethod
-    def check(cls, student: nn.Module, teacher: nn.Module, example_batch: Any, options: dict[str, Any]) -> None:
-        """Validate the recipe against the built models before the run directory exists (raise `DistillError`)."""
-
-    @classmethod
-    def generations(cls, options: dict[str, Any]) -> int:
-        """How many times the distilled phase runs, each generation taught by the previous one (born-again)."""
-        return 1
-
-    @classmethod
-    def extra_teachers(cls, options: dict[str, Any]) -> list[Any]:
-        """`TeacherConfig`s of further teachers to build (and train, without weights) next to the recipe's teacher."""
-        return []
-
-    @classmethod
-    def teacher_source(cls, models: dict[str, Any], options: dict[str, Any], temperature: float) -> TeacherSource | None:
-        """The source this method learns from, given `models`: `teacher`, `extra` (list), `previous` (the student of
-        the previous generation; the student trained alone for the first) and `source` (the recipe's teacher as the
-        pipeline serves it: the offline cache when `distill.cache` is set, else live, in `distill.teacher_precision`)."""
-        if not cls.needs_teacher:
-            return None
-        return models["source"] if models.get("source") is not None else LiveTeacher(models["teacher"])
-
-    def setup(self, example_batch: Any) -> None:
-        """Called once with one example batch (on the training device) before the optimizer is built, so a method
-        can create shape-dependent submodules (projectors, memory banks). Default: nothing."""
-
-    def forward(self, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-def build_method(
-    name: str,
-    student: nn.Module,
-    teacher: TeacherSource | None,
-    *,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    options: dict[str, Any] | None = None,
-) -> Method:
-    """Look a method up in the registry and build it."""
-    cls = METHODS.get(name)
-    return cls(student, teacher, temperature=temperature, alpha=alpha, options=options)
-
-
-from . import kd, scratch  # noqa: E402,F401  (fill the registry)
-from . import attention, born_again, cosine, crd, dkd, ensemble, fitnet, pkt, rkd  # noqa: E402,F401
-
-__all__ = ["METHODS", "Method", "NoOptions", "build_method", "register_method"]
+__all__ = ["METHODS", "Method", "NoOptions", "build_method", "check_distill", "register_method"]

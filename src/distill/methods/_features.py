@@ -19,7 +19,7 @@ from ..batch import inputs_of, labels_of
 from ..features import FeatureTap, forward_with_features
 from ..losses import hard_loss, kd_loss
 from ..pairing import Pair, build_projector, propose_pairs, teacher_model
-from . import Method, register_method
+from .base import Method, register_method
 
 
 class FeatureOptions(BaseModel):

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..batch import forward_logits, inputs_of, labels_of
 from ..losses import hard_loss, kd_loss, standardize_logits
 from ..teachers import LiveTeacher
-from . import Method, register_method
+from .base import Method, register_method
 
 
 class BornAgainOptions(BaseModel):

@@ -20,7 +20,7 @@ from torch import nn
 from ..batch import index_of
 from ..errors import DistillError
 from ..losses import as_vectors, crd_loss
-from . import Method, register_method
+from .base import Method, register_method
 from ._features import FeatureOptions, _device_of, build_bridge, check_features, combine
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..batch import forward_logits, inputs_of, labels_of
 from ..losses import IGNORE_INDEX, dkd_parts, hard_loss, standardize_logits
-from . import Method, register_method
+from .base import Method, register_method
 
 
 class DKDOptions(BaseModel):

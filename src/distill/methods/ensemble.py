@@ -17,7 +17,7 @@ from ..config import TeacherConfig
 from ..errors import DistillError
 from ..losses import hard_loss, kd_loss
 from ..teachers import EnsembleTeacher
-from . import Method, register_method
+from .base import Method, register_method
 
 
 class EnsembleOptions(BaseModel):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from ..batch import forward_logits, inputs_of, labels_of
 from ..errors import DistillError
 from ..losses import binary_kd_loss, hard_loss, kd_loss, standardize_logits
-from . import Method, register_method
+from .base import Method, register_method
 
 
 class KDOptions(BaseModel):

@@ -9,7 +9,7 @@ import torch
 from ..batch import forward_logits, inputs_of, labels_of
 from ..errors import DistillError
 from ..losses import hard_loss
-from . import Method, register_method
+from .base import Method, register_method
 
 
 @register_method("scratch")

@@ -13,11 +13,8 @@ from torch import nn
 
 from ..errors import DistillError
 from ..imports import is_import_path, resolve
-from ..registry import Registry
-
-MODELS: Registry = Registry("model")
-register_model = MODELS.register
-
+from . import cnn, mlp  # noqa: F401  (fill the registry)
+from ._registry import MODELS, register_model
 
 def create_model(name: str, *, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
     """Build a registered model, or call a user factory `package.module:function(**kwargs)`."""
@@ -47,7 +44,5 @@ def count_params(model: nn.Module) -> int:
     """Number of parameters (all of them, trainable or not)."""
     return sum(p.numel() for p in model.parameters())
 
-
-from . import cnn, mlp  # noqa: E402,F401  (fill the registry)
 
 __all__ = ["MODELS", "count_params", "create_model", "register_model"]

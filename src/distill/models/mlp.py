@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import register_model
+from ._registry import register_model
 
 
 class MLP(nn.Module):

@@ -11,9 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DistillError
-from ..engine.metrics import read_metrics
 from . import plots
 from .page import page
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Read `metrics.jsonl`, skipping a torn last line (a killed writer)."""
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 # what the CLI table reads from every model row

@@ -168,23 +168,3 @@ def _fidelity(teacher, train, augment, seed, files, out, doc, temperature, sampl
             lives.append(live(batch))
             cached.append(reader(batch))
     return {**fidelity(torch.cat(lives), torch.cat(cached), temperature), "sample": int(len(picks))}
-
-
-def build_recipe_cache(
-    recipe: Any, out: str | Path | None = None, *, storage: str = "dense", topk: int = 5, rebuild: bool = False
-) -> tuple[Path, dict[str, Any]]:
-    """`distill cache RECIPE`: load the recipe's data and trained teacher, then `build_cache`. Returns (path, manifest).
-    The output defaults to `distill.cache`, else `caches/<recipe name>`."""
-    from ..pipeline import prepare  # late: the pipeline imports this package
-
-    if recipe.teacher.weights is None:
-        raise DistillError("distill cache needs a trained teacher: set teacher.weights (e.g. --set teacher.weights=PATH)")
-    path = Path(out or recipe.distill.cache or Path("caches") / recipe.name)
-    unchecked = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"cache": None})})
-    p = prepare(unchecked)  # every user error (data, models, weights) surfaces before anything is written
-    manifest = build_cache(
-        p.teacher, p.data.train, path, augment=recipe.augment, seed=recipe.seed, storage=storage, topk=topk,
-        batch_size=recipe.data.eval_batch_size, precision=recipe.distill.teacher_precision,
-        temperature=recipe.distill.temperature, rebuild=rebuild, workers=recipe.data.num_workers,
-    )
-    return path, manifest

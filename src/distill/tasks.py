@@ -1,0 +1,45 @@
+"""Recipe-level tasks besides a run (orchestration layer): the layer pairs a feature method would use, and a
+recipe's teacher cache. Both build and check everything through `pipeline.prepare` before doing anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import DistillError
+from .methods import METHODS
+from .pairing import Pair, propose_pairs
+from .pipeline import example_batch, prepare
+from .teachers.cache_build import build_cache
+
+
+def pairing_for_recipe(recipe: Any) -> tuple[str, list[Pair]]:
+    """`(mode, pairs)` for a validated recipe: its method's pairing mode (or `project` for logit methods)."""
+    prepared = prepare(recipe)  # builds and checks everything; writes nothing
+    cls = METHODS.get(recipe.distill.method)
+    mode = getattr(cls, "pair_mode", "project")
+    options = cls.Options(**recipe.distill.options)
+    pairs = propose_pairs(
+        prepared.student_init, prepared.teacher, example_batch(prepared.data.train, 2), mode=mode,
+        select=getattr(cls, "pair_select", "all"), overrides=getattr(options, "pairs", None),
+        method=recipe.distill.method,
+    )
+    return mode, pairs
+
+
+def build_recipe_cache(
+    recipe: Any, out: str | Path | None = None, *, storage: str = "dense", topk: int = 5, rebuild: bool = False
+) -> tuple[Path, dict[str, Any]]:
+    """`distill cache RECIPE`: load the recipe's data and trained teacher, then `build_cache`. Returns (path, manifest).
+    The output defaults to `distill.cache`, else `caches/<recipe name>`."""
+    if recipe.teacher.weights is None:
+        raise DistillError("distill cache needs a trained teacher: set teacher.weights (e.g. --set teacher.weights=PATH)")
+    path = Path(out or recipe.distill.cache or Path("caches") / recipe.name)
+    unchecked = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"cache": None})})
+    p = prepare(unchecked)  # every user error (data, models, weights) surfaces before anything is written
+    manifest = build_cache(
+        p.teacher, p.data.train, path, augment=recipe.augment, seed=recipe.seed, storage=storage, topk=topk,
+        batch_size=recipe.data.eval_batch_size, precision=recipe.distill.teacher_precision,
+        temperature=recipe.distill.temperature, rebuild=rebuild, workers=recipe.data.num_workers,
+    )
+    return path, manifest
