@@ -31,9 +31,10 @@ from .config import Recipe, dump_recipe
 from .data import DataBundle, load_data
 from .engine.checkpoint import CheckpointWarning, Checkpointer
 from .engine.distributed import cpu_only_launch
-from .engine.evaluate import accuracy, classification_metrics, model_size, predict, speed
+from .engine.evaluate import classification_metrics, model_size, predict, speed, student_validation
 from .engine.io import load_weights, save_weights
 from .engine.loop import fit
+from .engine.phases import run_generations
 from .engine.metrics import MetricsLog
 from .errors import DistillError
 from .methods import METHODS, build_method
@@ -123,7 +124,7 @@ def prepare(recipe: Recipe) -> Prepared:
             f"method {recipe.distill.method!r} runs its teacher models live in fp32; remove distill.cache and "
             "distill.teacher_precision (they apply to kd-style methods that learn from the recipe's teacher source)"
         )
-    method_cls.check(student, teacher, batch, recipe.distill.options)  # e.g. layer paths and pairing, before any write
+    method_cls.check(student, teacher, batch, recipe.distill.options, extra=extra)  # e.g. layer paths and pairing, before any write
     return Prepared(recipe, data, teacher, student, extra, _open_cache(recipe, data, teacher))
 
 
@@ -228,8 +229,7 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     ckpt = Checkpointer(run_dir / "checkpoints", every=r.train.checkpoint_every, accelerator=acc, resume=resume)
     val_loader = _loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
 
-    def val(method: nn.Module) -> dict[str, float]:
-        return {"accuracy": accuracy(method.student, val_loader, acc.device)}
+    val = student_validation(val_loader, acc.device)
 
     def train(name: str, method: nn.Module, **kw: Any) -> dict[str, Any]:
         set_seed(r.seed)  # same seed, same data order, same dropout draws for every phase
@@ -261,26 +261,24 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     students: dict[str, nn.Module] = {}
     scratch = build_method("scratch", copy.deepcopy(p.student_init), None)
     phases["scratch"] = train("scratch", scratch)
-    students["scratch"] = previous = acc.unwrap_model(scratch).student
+    students["scratch"] = acc.unwrap_model(scratch).student
     if acc.is_main_process:
         save_weights(students["scratch"], run_dir / "checkpoints" / "scratch.safetensors")
-    generations = cls.generations(opts)
-    for g in range(generations):
-        name = "distilled" if g == generations - 1 else f"distilled.{g + 1}"
-        models = {"teacher": teacher, "extra": extra, "previous": freeze(copy.deepcopy(previous)), "generation": g}
-        method = build_method(
-            r.distill.method, copy.deepcopy(p.student_init),
-            cls.teacher_source({**models, "source": _source(p, teacher, run_dir, acc)}, opts, r.distill.temperature),
-            temperature=r.distill.temperature, alpha=r.distill.alpha, options=opts,
-        )
-        phases[name] = train(name, method)
-        execution = getattr(method.teacher, "execution", None)
-        if execution:
-            phases[name]["teacher_execution"] = execution
-        previous = acc.unwrap_model(method).student
-        if acc.is_main_process:
-            save_weights(previous, run_dir / "checkpoints" / f"{name}.safetensors")
-    students["distilled"] = previous
+
+    def train_and_save(name: str, method: nn.Module) -> dict[str, Any]:
+        summary = train(name, method)
+        if acc.is_main_process:  # every generation's student, for the report and for resume
+            save_weights(acc.unwrap_model(method).student, run_dir / "checkpoints" / f"{name}.safetensors")
+        return summary
+
+    source = _source(p, teacher, run_dir, acc) if cls.needs_teacher else None
+    models = {"teacher": teacher, "extra": extra, "previous": students["scratch"], "source": source}
+    final, distilled, _ = run_generations(
+        r.distill.method, student_init=p.student_init, models=models, temperature=r.distill.temperature,
+        alpha=r.distill.alpha, options=opts, train=train_and_save, unwrap=acc.unwrap_model,
+    )
+    phases.update(distilled)
+    students["distilled"] = final
 
     if acc.is_main_process:
         save_weights(students["distilled"], run_dir / "student.safetensors")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,14 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device | None =
     logits, labels = predict(model, loader, device)
     labelled = labels != IGNORE_INDEX
     return float((logits[labelled].argmax(-1) == labels[labelled]).float().mean()) if bool(labelled.any()) else 0.0
+
+
+def student_validation(loader: DataLoader | None, device: torch.device) -> Callable[[nn.Module], dict[str, float]] | None:
+    """The per-epoch validation both surfaces use: `evaluate(method) -> {"accuracy": ...}` of the method's student
+    on `loader` (the teacher is not run), or None without a loader."""
+    if loader is None:
+        return None
+    return lambda method: {"accuracy": accuracy(method.student, loader, device)}
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, Any]:

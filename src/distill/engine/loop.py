@@ -54,7 +54,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _peek(loader: DataLoader) -> Any:
+def peek(loader: DataLoader) -> Any:
     """One batch without advancing the loader's shuffling generator (the data order must not depend on it)."""
     if isinstance(loader.dataset, torch.utils.data.IterableDataset):
         return next(iter(loader))
@@ -110,14 +110,52 @@ def fit(
     if teacher is not None:
         teacher.to(accelerator.device)  # moved, not prepared: no DDP wrapper, no optimizer state
     method.to(accelerator.device)
+    formats = _memory_formats(method)
     if cfg.channels_last:  # 4-D (conv) weights to NHWC; conv/BN/pool then run channels_last, same math
         method.to(memory_format=torch.channels_last)
+    try:
+        return _fit(method, loader, cfg, accelerator=accelerator, phase=phase, epochs=epochs, lr=lr, log=log,
+                    evaluate=evaluate, progress=progress, checkpointer=checkpointer)
+    finally:  # channels_last is our speed choice, not the caller's: the models leave in the format they came in
+        _restore_memory_formats(method, formats)
+
+
+def _memory_formats(module: torch.nn.Module) -> dict[str, bool]:
+    """Which 4-D parameters and buffers are stored channels_last (NHWC) now."""
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    return {n: t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+            for n, t in tensors if t.ndim == 4}
+
+
+def _restore_memory_formats(module: torch.nn.Module, formats: dict[str, bool]) -> None:
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if name in formats:
+            fmt = torch.channels_last if formats[name] else torch.contiguous_format
+            if not t.is_contiguous(memory_format=fmt):
+                t.data = t.data.contiguous(memory_format=fmt)  # same values, same Parameter object
+
+
+def _fit(
+    method: torch.nn.Module,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    *,
+    accelerator: Accelerator,
+    phase: str,
+    epochs: int,
+    lr: float | None,
+    log: MetricsLog,
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None,
+    progress: bool,
+    checkpointer: Checkpointer | None,
+) -> dict[str, Any]:
+    teacher = getattr(method, "teacher", None)
     setup = getattr(method, "setup", None)
     if setup is not None and not getattr(method, "_setup_done", False):
         # shape-dependent submodules (projectors) must exist before the optimizer; forking the RNG keeps the dropout
         # stream after it identical to the student-alone phase's, so the comparison stays paired
         with torch.random.fork_rng(devices=[]):
-            setup(to_device(_peek(loader), accelerator.device))
+            setup(to_device(peek(loader), accelerator.device))
         method._setup_done = True
     resume = checkpointer.resume_point(phase) if checkpointer is not None else None
     if resume is not None:

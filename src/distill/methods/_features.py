@@ -125,7 +125,7 @@ def pairwise_method(
     One call per method file keeps each method a docstring, an options model and this line.
     """
 
-    def check(cls, student, teacher, example_batch, opts) -> None:  # noqa: ANN001
+    def check(cls, student, teacher, example_batch, opts, *, extra=()) -> None:  # noqa: ANN001
         check_features(cls, student, teacher, example_batch, opts)
 
     def setup(self, example_batch: Any) -> None:

@@ -8,6 +8,7 @@ the method's `Options` pydantic model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -35,6 +36,7 @@ class Method(nn.Module):
     # cannot learn from the offline cache or honour distill.teacher_precision; the pipeline refuses those settings.
     runs_teacher_models: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
+    multi_teacher: ClassVar[bool] = False  # True: learns from several teachers at once (the recipe's + `extra`)
 
     def __init__(
         self,
@@ -54,13 +56,21 @@ class Method(nn.Module):
 
     # Hooks the pipeline reads generically (no method names in the engine); the defaults describe plain KD.
     @classmethod
-    def check(cls, student: nn.Module, teacher: nn.Module, example_batch: Any, options: dict[str, Any]) -> None:
-        """Validate the recipe against the built models before the run directory exists (raise `DistillError`)."""
+    def check(cls, student: nn.Module, teacher: nn.Module, example_batch: Any, options: dict[str, Any], *,
+              extra: Sequence[nn.Module] = ()) -> None:
+        """Validate the settings against the built models (`extra`: further teachers) on one example batch, before
+        anything is written or trained (raise `DistillError`)."""
 
     @classmethod
     def generations(cls, options: dict[str, Any]) -> int:
         """How many times the distilled phase runs, each generation taught by the previous one (born-again)."""
         return 1
+
+    @classmethod
+    def needs_scratch_student(cls, options: dict[str, Any]) -> bool:
+        """True when the first generation learns from the student trained alone (`models["previous"]`), so a
+        caller without a student-alone phase (the Python API) must train one first."""
+        return False
 
     @classmethod
     def extra_teachers(cls, options: dict[str, Any]) -> list[Any]:

@@ -35,6 +35,10 @@ class BornAgain(Method):
         return cls.Options(**options).generations
 
     @classmethod
+    def needs_scratch_student(cls, options: dict[str, Any]) -> bool:
+        return not cls.Options(**options).from_teacher
+
+    @classmethod
     def teacher_source(cls, models: dict[str, Any], options: dict[str, Any], temperature: float) -> LiveTeacher:
         first = cls.Options(**options).from_teacher and models.get("generation", 0) == 0
         return LiveTeacher(models["teacher"] if first else models["previous"])

@@ -41,7 +41,7 @@ class CRD(Method):
     pair_select = "last"
 
     @classmethod
-    def check(cls, student, teacher, example_batch, options) -> None:  # noqa: ANN001
+    def check(cls, student, teacher, example_batch, options, *, extra=()) -> None:  # noqa: ANN001
         check_features(cls, student, teacher, example_batch, options)
         if index_of(example_batch) is None:
             raise DistillError("crd keeps a memory bank per training example and needs batches with an 'index' key")

@@ -30,6 +30,7 @@ class EnsembleOptions(BaseModel):
 class Ensemble(Method):
     Options = EnsembleOptions
     runs_teacher_models = True
+    multi_teacher = True
 
     @classmethod
     def extra_teachers(cls, options: dict[str, Any]) -> list[Any]:
@@ -38,15 +39,18 @@ class Ensemble(Method):
     @classmethod
     def teacher_source(cls, models: dict[str, Any], options: dict[str, Any], temperature: float) -> EnsembleTeacher:
         members = [models["teacher"], *models.get("extra", [])]
-        return EnsembleTeacher(members, temperature=temperature, weights=cls.Options(**options).mix)
+        mix = cls.Options(**options).mix
+        if mix is not None and len(mix) != len(members):
+            raise DistillError(f"ensemble: mix has {len(mix)} weights for {len(members)} teachers; give one weight per teacher")
+        return EnsembleTeacher(members, temperature=temperature, weights=mix)
 
     @classmethod
-    def check(cls, student, teacher, example_batch, options) -> None:  # noqa: ANN001
+    def check(cls, student, teacher, example_batch, options, *, extra=()) -> None:  # noqa: ANN001
         o = cls.Options(**options)
-        if o.mix is not None and len(o.mix) != 1 + len(o.teachers):
+        if o.mix is not None and len(o.mix) != 1 + len(extra):
             raise DistillError(
-                f"ensemble: mix has {len(o.mix)} weights for {1 + len(o.teachers)} teachers (the recipe's teacher "
-                "plus distill.options.teachers); give one weight per teacher"
+                f"ensemble: mix has {len(o.mix)} weights for {1 + len(extra)} teachers (the first teacher plus "
+                "the others: distill.options.teachers in a recipe, the list in the Python API); give one weight each"
             )
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
