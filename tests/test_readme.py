@@ -58,3 +58,38 @@ def test_readme_python_example_runs_and_distils(monkeypatch: pytest.MonkeyPatch)
     assert after["agreement"] > 0.88
     assert after["kl_to_teacher"] < 0.5 * seen["before"]["kl_to_teacher"]
     assert after["kl_to_teacher"] < scratch["kl_to_teacher"]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_the_docs_resolve() -> None:
+    """Every relative link in README.md and docs/ names a file in the repository, and every `#anchor` a heading or an
+    `<a id>` that exists in that file (the methods table links each method to its BENCHMARKS.md row)."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    checked = 0
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            assert file.is_file() and ROOT in file.parents, f"{doc.name}: {target}"
+            if anchor:
+                text = file.read_text()
+                anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+                anchors |= set(re.findall(r'<a id="([^"]+)"', text))
+                assert anchor in anchors, f"{doc.name}: {target}"
+            checked += 1
+    assert checked >= 12  # the methods table alone links 12 rows
+
+
+def test_the_repository_refers_to_nothing_outside_it() -> None:
+    """Docs, code comments and docstrings point only at files in the repository."""
+    outside = [".." + "/shared", "DESIGN" + ".md", "design doc"]
+    files = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("src/**/*.py"),
+             *ROOT.glob("bench/**/*.py"), *ROOT.glob("recipes/**/*.yaml"), *ROOT.glob("src/**/*.yaml")]
+    found = [f"{f.relative_to(ROOT)}: {word}" for f in files for word in outside if word in f.read_text()]
+    assert found == []
