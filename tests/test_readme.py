@@ -45,14 +45,16 @@ def test_readme_python_example_runs_and_distils(monkeypatch: pytest.MonkeyPatch)
     assert len(test_loader.dataset) == 1024 and len(scope["train"].dataset) == 2048  # held out, not trained on
 
     after = d.evaluate(test_loader)
-    teacher = Distiller(scope["teacher"], scope["teacher"], progress=False).evaluate(test_loader)
+    x_test, y_test = test_loader.dataset.tensors
+    with torch.no_grad():
+        teacher_accuracy = (scope["teacher"](x_test).argmax(-1) == y_test).float().mean().item()
     alone = Distiller(scope["teacher"], seen["initial_student"], method="scratch", lr=1e-2, progress=False)
     alone.fit(scope["train"], epochs=5)
     scratch = alone.evaluate(test_loader)
 
     # measured at seed 0: teacher 0.969, distilled 0.925 (agreement 0.927, KL 0.63 -> 0.20), alone 0.845;
     # over seeds 0-5 the distilled student led the one trained alone by 0.06-0.15 (chance is 0.5)
-    assert teacher["accuracy"] > 0.95
+    assert teacher_accuracy > 0.95
     assert after["accuracy"] > 0.88
     assert after["accuracy"] > scratch["accuracy"] + 0.04
     assert after["agreement"] > 0.88
