@@ -75,4 +75,6 @@ def test_schema_requires_models() -> None:
     del doc["student"]
     with pytest.raises(DistillError, match="student: Field required"):
         validate(doc)
-    assert isinstance(validate(yaml.safe_load((RECIPES / "digits.yaml").read_text())), Recipe)
+    doc["student"] = {"name": "mlp", "kwargs": {"hidden": [3]}}
+    recipe = validate(doc)
+    assert isinstance(recipe, Recipe) and (recipe.student.name, recipe.student.kwargs) == ("mlp", {"hidden": [3]})

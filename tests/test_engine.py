@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from distill.config import TrainConfig
 from distill.engine.loop import NonFiniteLossError, fit
+from distill.errors import DistillError
 from distill.losses import hinton_loss
 from distill.methods import METHODS, build_method
 from distill.teachers import LiveTeacher
@@ -90,11 +91,20 @@ def test_nonfinite_steps_are_skipped_then_abort() -> None:
     assert torch.isfinite(student.lin.weight).all()  # the NaN steps never updated the weights
 
 
-def test_every_registered_method_builds() -> None:
-    teacher, student = models()
+def test_every_registered_method_builds_around_the_given_student() -> None:
+    """Every registered method keeps the student it was given (trained in place, no copy), stores the hyper-parameters
+    it was given, never registers the teacher, and validates its options (an unknown key is refused)."""
+    from pydantic import ValidationError
+
     for name in METHODS.names():
-        m = build_method(name, copy.deepcopy(student), LiveTeacher(copy.deepcopy(teacher)))
-        assert isinstance(m, nn.Module)
+        teacher, student = models()
+        m = build_method(name, student, LiveTeacher(teacher), temperature=3.0, alpha=0.25)
+        assert m.student is student, name
+        assert (m.temperature, m.alpha) == (3.0, 0.25), name
+        assert not {id(p) for p in teacher.parameters()} & {id(p) for p in m.parameters()}, name
+        assert {id(p) for p in student.parameters()} <= {id(p) for p in m.parameters()}, name
+        with pytest.raises((ValidationError, DistillError), match="no_such_option"):
+            build_method(name, student, LiveTeacher(teacher), options={"no_such_option": 1})
 
 
 def test_teacher_ignores_the_students_mixed_precision() -> None:
@@ -137,27 +147,72 @@ def test_dkd_warmup_counter_is_checkpointed() -> None:
     assert int(fresh.steps_seen) == 3
 
 
-def test_prepared_loader_epoch_reaches_the_dataset() -> None:
-    """The loop sets the epoch on Accelerate's loader, which forwards it to the dataset on iteration (setting it on
-    the dataset alone is overwritten by the loader's own counter, which a resumed run restarts at 0)."""
+class _Images(torch.utils.data.Dataset):
+    """8 labelled 1x4x4 images as `{"inputs", "labels", "index"}` items (what `Augmented` wraps)."""
 
-    class Views(torch.utils.data.Dataset):
-        epoch = -1
+    def __init__(self) -> None:
+        self.x = torch.arange(8 * 16, dtype=torch.float32).reshape(8, 1, 4, 4) / 128
 
-        def set_epoch(self, epoch: int) -> None:
-            self.epoch = epoch
+    def __len__(self) -> int:
+        return 8
 
-        def __len__(self) -> int:
-            return 4
+    def __getitem__(self, i: int) -> dict:
+        return {"inputs": self.x[i], "labels": torch.tensor(i % 2), "index": torch.tensor(i)}
 
-        def __getitem__(self, i: int):
-            return torch.tensor([float(self.epoch)]), torch.tensor(0)
 
-    acc = Accelerator(cpu=True)
-    loader = acc.prepare(DataLoader(Views(), batch_size=2))
-    loader.set_epoch(3)
-    x, _ = next(iter(loader))
-    assert x.flatten().tolist() == [3.0, 3.0]
+class _Recording(nn.Module):
+    """A method that records every batch it trains on; with `crash_at`, it dies on that call (a killed run)."""
+
+    def __init__(self, crash_at: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.student = nn.Linear(16, 2)
+        self.seen: list[tuple[list[int], list[int], torch.Tensor]] = []
+        self.crash_at = crash_at
+
+    def forward(self, batch: dict) -> dict:
+        if self.crash_at is not None and len(self.seen) + 1 == self.crash_at:
+            raise KeyboardInterrupt("killed")
+        self.seen.append((batch["view"].tolist(), batch["index"].tolist(), batch["inputs"].clone()))
+        loss = nn.functional.cross_entropy(self.student(batch["inputs"].flatten(1)), batch["labels"])
+        return {"loss": loss}
+
+
+def _augmented_loader(cfg) -> DataLoader:  # noqa: ANN001
+    from distill.augment import Augmented
+
+    gen = torch.Generator().manual_seed(0)
+    return DataLoader(Augmented(_Images(), cfg, seed=7), batch_size=4, shuffle=True, generator=gen)
+
+
+def test_the_loop_trains_epoch_e_on_view_e_mod_k_also_after_a_resume(tmp_path) -> None:  # noqa: ANN001
+    """`fit` tells the dataset its epoch, so epoch e trains on augmentation view e % K -- the exact input a teacher
+    cache scored for that view -- and a run resumed inside epoch e (whose loader restarts its own epoch counter at 0)
+    still trains on view e % K, on the same examples in the same order as the uninterrupted run."""
+    from distill.augment import AugmentConfig, Augmented
+    from distill.engine.checkpoint import Checkpointer
+
+    cfg = AugmentConfig(views=3, crop_padding=1, flip=True)
+    train = TrainConfig(epochs=4, lr=0.01)  # 2 steps per epoch, 8 in all
+    full = _Recording()
+    fit(full, _augmented_loader(cfg), train, accelerator=Accelerator(cpu=True), phase="t", progress=False)
+    assert [views for views, _, _ in full.seen] == [[e % 3] * 4 for e in range(4) for _ in range(2)]
+    for step, (views, index, inputs) in enumerate(full.seen):
+        fixed = Augmented(_Images(), cfg, seed=7, view=views[0])  # the view rebuilt on its own
+        assert torch.equal(inputs, torch.stack([fixed[i]["inputs"] for i in index])), step
+    assert not torch.equal(full.seen[0][2], full.seen[2][2])  # the views really differ
+
+    killed = _Recording(crash_at=6)  # dies on epoch 2's second batch; step 5 (epoch 2, batch 0) was checkpointed
+    with pytest.raises(KeyboardInterrupt):
+        fit(killed, _augmented_loader(cfg), train, accelerator=Accelerator(cpu=True), phase="t", progress=False,
+            checkpointer=Checkpointer(tmp_path, every=1))
+    resumed = _Recording()
+    fit(resumed, _augmented_loader(cfg), train, accelerator=Accelerator(cpu=True), phase="t", progress=False,
+        checkpointer=Checkpointer(tmp_path, every=1, resume=True))
+    assert [views for views, _, _ in resumed.seen] == [[2] * 4, [0] * 4, [0] * 4]  # epoch 2 (view 2), epoch 3 (view 0)
+    for got, want in zip(resumed.seen, full.seen[5:]):
+        assert got[1] == want[1] and torch.equal(got[2], want[2])
+    assert torch.equal(resumed.student.weight, full.student.weight)
 
 
 def test_distiller_fit_twice_keeps_projectors() -> None:

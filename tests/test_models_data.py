@@ -38,7 +38,9 @@ def test_model_errors() -> None:
         create_model("no_such_pkg.mod:fn", input_shape=(4,), num_classes=2)
     with pytest.raises(DistillError, match="not a torch.nn.Module"):
         create_model("factories:not_a_model", input_shape=(4,), num_classes=2)
-    assert isinstance(create_model("factories:linear", input_shape=(5,), num_classes=3), torch.nn.Linear)
+    # a user factory gets the recipe's kwargs only (never input_shape / num_classes) and its model is used as is
+    model = create_model("factories:linear", input_shape=(5,), num_classes=3, in_features=7, out_features=4)
+    assert isinstance(model, torch.nn.Linear) and (model.in_features, model.out_features) == (7, 4)
 
 
 def test_digits_bundle() -> None:
