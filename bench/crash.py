@@ -28,7 +28,7 @@ from typing import Any, Callable
 from distill.report import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "digits.yaml"
+RECIPE = ROOT / "src" / "distill" / "recipes" / "digits.yaml"
 EVERY = 4
 PROCESSES = 1  # set by --processes
 OVERRIDES = [

@@ -17,7 +17,7 @@ from distill.recipe import load_recipe
 from distill.pipeline import run_recipe
 from distill.report import load_report
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "digits.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "src" / "distill" / "recipes" / "digits.yaml"
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from distill.recipe import load_recipe
 from distill.pipeline import run_recipe
 from distill.report import load_report
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion-mnist.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "src" / "distill" / "recipes" / "fashion-mnist.yaml"
 # name -> recipe overrides (on top of the schedule); options not given take each method's paper defaults.
 METHODS: dict[str, list[str]] = {
     "kd": ["distill.method=kd"],

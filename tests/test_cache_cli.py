@@ -12,7 +12,7 @@ from distill.recipe import load_recipe
 from distill.engine.io import save_weights
 from distill.pipeline import prepare
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "src" / "distill" / "recipes"
 
 AUG = ["augment.views=2", "augment.crop_padding=1", "augment.mix=cutmix"]
 

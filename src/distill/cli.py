@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 import warnings
@@ -18,8 +19,6 @@ from .errors import DistillError, DistillWarning
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Knowledge distillation: teacher -> small student.")
 console = Console() if sys.stdout.isatty() else Console(width=140)
 err_console = Console(stderr=True)
-
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def _table(run_dir: Path) -> Table:
@@ -39,7 +38,7 @@ def _table(run_dir: Path) -> Table:
 
 
 def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite: bool, progress: bool,
-         resume: bool = False) -> None:
+         resume: bool = False, fresh_dir: bool = False) -> None:
     from accelerate import PartialState
 
     from .recipe import load_recipe
@@ -48,6 +47,8 @@ def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite
 
     started = time.perf_counter()
     recipe = load_recipe(recipe_path, overrides)
+    if fresh_dir and out is None and not overwrite:
+        out = _next_free(Path("runs") / recipe.name)
     run_dir = run_recipe(recipe, out, overwrite=overwrite, progress=progress, resume=resume)
     if not PartialState().is_main_process:  # under `accelerate launch`: one table, from the main process
         return
@@ -58,18 +59,32 @@ def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite
     console.print(f"wall time: {time.perf_counter() - started:.1f} s")
 
 
+def _next_free(path: Path) -> Path:
+    """`path` if it is absent or empty, else the first free `path-2`, `path-3`, ... (a demo never deletes a run)."""
+    candidate, n = path, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 @app.command()
 def demo(
-    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/digits)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/digits, or the next free runs/digits-N)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set train.epochs=5"),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory instead of writing a new one."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Run the default recipe (digits): teacher, student alone, student distilled, and the report."""
-    _run(RECIPES / "digits.yaml", out, [], overwrite=True, progress=progress)
+    """Run the built-in default recipe (digits): teacher, student alone, student distilled, and the report.
+
+    Never deletes a run: without --out it writes runs/digits, or runs/digits-2, -3, ... when that exists; an existing
+    --out is refused unless --overwrite is given."""
+    _run(Path("digits"), out, set_, overwrite=overwrite, progress=progress, fresh_dir=True)
 
 
 @app.command()
 def run(
-    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/digits.yaml"),
+    recipe: Path = typer.Argument(..., help="A YAML recipe file, or a built-in recipe name (see `distill list`), e.g. digits"),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<name>)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set distill.temperature=8"),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
@@ -115,7 +130,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
 
 @app.command()
 def pairs(
-    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/fashion-mnist.yaml"),
+    recipe: Path = typer.Argument(..., help="A YAML recipe file or a built-in recipe name, e.g. fashion-mnist"),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set distill.method=fitnet"),
 ) -> None:
     """Print the teacher<->student layer pairing a feature method would use (nothing is trained or written)."""
@@ -133,6 +148,66 @@ def pairs(
         table.add_row(p.student, str(p.student_shape), depth(p.student_depth), p.teacher, str(p.teacher_shape),
                       depth(p.teacher_depth), p.projector, f"{projector_params(p):,}")
     console.print(table)
+
+
+def _describe(obj: object, shared_module: bool) -> str:
+    """One line about a registered object: its module's docstring (one file per entry), else its own docstring."""
+    own = obj.__dict__.get("__doc__") if isinstance(obj, type) else getattr(obj, "__doc__", None)
+    module_doc = sys.modules[obj.__module__].__doc__ if obj.__module__ in sys.modules else None
+    doc = own if shared_module or not module_doc else module_doc
+    return _first_sentence(doc or "")
+
+
+_SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)\.\s")  # not "et al. 2015", "e.g. x"
+
+
+def _first_sentence(text: str) -> str:
+    text = " ".join(text.split())
+    end = _SENTENCE_END.search(text)
+    return text if end is None else text[: end.start() + 1]
+
+
+@app.command("list")
+def list_() -> None:
+    """List the registered methods, models and datasets, and the built-in recipes, with one line on each."""
+    from collections import Counter
+
+    from .config import builtin_recipes
+    from .data import DATASETS
+    from .methods import METHODS
+    from .models import MODELS
+
+    for title, registry in (("methods", METHODS), ("models", MODELS), ("datasets", DATASETS)):
+        per_module = Counter(registry.get(n).__module__ for n in registry)
+        table = Table(title=title, show_header=False, title_justify="left")
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for name in registry:
+            obj = registry.get(name)
+            table.add_row(name, _describe(obj, per_module[obj.__module__] > 1))
+        console.print(table)
+    table = Table(title="recipes (distill run NAME)", show_header=False, title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    for name, path in sorted(builtin_recipes().items()):
+        lines = [ln.lstrip("# ").strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")]
+        table.add_row(name, _first_sentence(" ".join(lines)))
+    console.print(table)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"distill {version('distill')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Knowledge distillation: teacher -> small student."""
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001

@@ -7,13 +7,14 @@ registry name or by `package.module:function`; nothing in YAML executes code (on
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import DistillError
+from .errors import DistillError, nearest
 
 
 class Strict(BaseModel):
@@ -167,11 +168,31 @@ def parse_recipe(doc: Any, *, source: str = "recipe") -> Recipe:
         raise DistillError(f"invalid {source}: {one_line(exc)}") from None
 
 
+def builtin_recipes() -> dict[str, Path]:
+    """The recipes shipped inside the package, by name (`digits`, `fashion-mnist`, ...). The package is installed
+    as plain files (setuptools' default, editable or wheel), so each is a real path."""
+    folder = resources.files("distill") / "recipes"
+    return {f.name[:-5]: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
+def resolve_recipe_path(path: str | Path) -> Path:
+    """A recipe file: `path` when it is a file, else the built-in recipe of that name (`digits` or `digits.yaml`)."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    builtin = builtin_recipes()
+    name = given.name[:-5] if given.name.endswith(".yaml") else given.name
+    if str(given.parent) == "." and name in builtin:
+        return builtin[name]
+    raise DistillError(
+        f"recipe {str(path)!r} not found: no such file and no such built-in recipe{nearest(name, builtin)}; pass the path of a "
+        f"YAML recipe or one of: {', '.join(sorted(builtin))}"
+    )
+
+
 def read_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply `--set` overrides, validate its structure (`parse_recipe`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DistillError(f"recipe file {str(path)!r} not found; pass the path of a YAML recipe (see recipes/)")
+    path = resolve_recipe_path(path)
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
