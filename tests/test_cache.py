@@ -130,7 +130,7 @@ def test_full_disk_leaves_no_manifest(tmp_path, monkeypatch) -> None:
     real = np.lib.format.open_memmap
 
     def full(*args, **kwargs):
-        arr = real(*args, **kwargs)
+        real(*args, **kwargs)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(np.lib.format, "open_memmap", full)

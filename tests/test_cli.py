@@ -115,3 +115,27 @@ def test_missing_recipe_file(tmp_path, capsys) -> None:
 def test_report_on_non_run(tmp_path, capsys) -> None:
     code, _, err = run_cli(["report", str(tmp_path)], capsys)
     assert code == 2 and "report.json" in err
+
+
+def test_list_describes_every_registered_entry(capsys) -> None:
+    from distill.config import builtin_recipes
+    from distill.data import DATASETS
+    from distill.methods import METHODS
+    from distill.models import MODELS
+
+    code, out, _ = run_cli(["list"], capsys)
+    assert code == 0
+    rows = {m.group(1): m.group(2).strip() for m in re.finditer(r"│ (\S+)\s+│ (.*?)│", out)}
+    for name in [*METHODS, *MODELS, *DATASETS, *builtin_recipes()]:
+        assert len(rows.get(name, "")) > 15, (name, rows.get(name))
+    assert rows["kd"].startswith("Hinton et al. 2015")  # a whole first sentence, not cut at "et al."
+    assert rows["scratch"] == "The student trained alone: cross-entropy on labels, no teacher."
+
+
+def test_built_in_recipe_by_name(capsys) -> None:
+    from distill.recipe import load_recipe
+
+    assert load_recipe("digits") == load_recipe(RECIPES / "digits.yaml")
+    assert load_recipe("fashion-mnist.yaml").name == "fashion-mnist"
+    code, _, err = run_cli(["run", "digitz", "--no-progress"], capsys)
+    assert code == 2 and "did you mean 'digits'" in err and err.count("\n") == 1
