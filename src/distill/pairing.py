@@ -209,6 +209,8 @@ def propose_pairs(
 ) -> list[Pair]:
     """Pairs of (student stage, teacher stage) for a method; `overrides` replaces the automatic choice.
 
+    `select`: `all` student stages, the `last` one, or one `middle` one (the pairable stage nearest half depth).
+
     Raises a one-line `DistillError` for unknown paths, unprojectable shapes, or models with no tappable stages."""
     if overrides:
         pairs = []
