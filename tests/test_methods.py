@@ -170,3 +170,14 @@ def test_crd_state_loads_into_a_fresh_method() -> None:
     fresh.load_state_dict(state)
     for key in ("bank_s", "bank_t", "filled", "seed", "draws"):
         assert torch.equal(getattr(fresh, key), state[key]), key
+
+
+def test_a_recipe_key_the_method_ignores_is_one_line_exit_2(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """digits.yaml writes distill.alpha, which dkd does not read: refused before anything is written."""
+    args = ["run", str(RECIPES / "digits.yaml"), "--out", str(tmp_path / "run"), "--set", "distill.method=dkd"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "distill.alpha is set to 0.9 but method 'dkd' does not use it" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
