@@ -20,6 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
+from distill.methods import METHODS as REGISTRY
 from distill.recipe import load_recipe
 from distill.pipeline import run_recipe
 from distill.report import load_report
@@ -29,7 +30,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "src" / "distill" / "recipes" / "
 METHODS: dict[str, list[str]] = {
     "kd": ["distill.method=kd"],
     "kd + logit std.": ["distill.method=kd", "distill.options.standardize=true"],
-    "dkd": ["distill.method=dkd", "distill.options.warmup_steps=100"],
+    "dkd": ["distill.method=dkd"],  # the paper's warm-up: the first 20/240 of the steps
     "ensemble (3 teachers)": ["distill.method=ensemble"],  # teachers filled in from the trained extra teachers
     "born_again (2 gen.)": ["distill.method=born_again", "distill.options.generations=2"],
     "fitnet": ["distill.method=fitnet"],
@@ -40,6 +41,13 @@ METHODS: dict[str, list[str]] = {
     "cosine": ["distill.method=cosine"],
 }
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def unset_ignored(sets: list[str]) -> list[str]:
+    """The recipe writes distill.temperature and distill.alpha; unset those the chosen method does not read (a
+    method refuses a key it would ignore)."""
+    method = [s.split("=", 1)[1] for s in sets if s.startswith("distill.method=")][-1]
+    return [f"distill.{k}=null" for k in ("temperature", "alpha") if k not in REGISTRY.get(method).uses]
 
 
 def schedule(args: argparse.Namespace) -> list[str]:
@@ -59,6 +67,7 @@ def train_teachers(args: argparse.Namespace, out: Path) -> list[str]:
         if not path.is_file():
             # method=scratch with one student epoch: the run is the teacher phase (train.max_steps would cap it too)
             sets = [*schedule(args), f"seed={seed}", "distill.method=scratch", "train.epochs=1"]
+            sets += unset_ignored(sets)
             run_recipe(load_recipe(RECIPE, sets), path.parents[1], overwrite=True, progress=False)
         paths.append(str(path))
     return paths
@@ -121,6 +130,7 @@ def main() -> None:
         for seed in args.seeds:
             for name in args.methods:
                 sets = [*schedule(args), f"seed={seed}", f"teacher.weights={teachers[0]}", *METHODS[name]]
+                sets += unset_ignored(sets)
                 if name.startswith("ensemble"):
                     sets.append(f"distill.options.teachers=[{extra}]")
                 if args.max_steps:

@@ -142,3 +142,11 @@ def test_fit_leaves_the_students_memory_format(fmt, data, teachers) -> None:
     Distiller(teachers[0], student, progress=False).fit(data["train"], epochs=1)
     assert all(p.is_contiguous(memory_format=fmt) for p in conv)
     assert [id(p) for p in student.parameters()] == ids  # the same Parameter objects, trained in place
+
+
+def test_api_refuses_an_argument_the_method_ignores(teachers) -> None:
+    with pytest.raises(DistillError, match="alpha"):
+        Distiller(teachers[0], _student(), method="dkd", alpha=0.5)
+    with pytest.raises(DistillError, match="temperature"):
+        Distiller(teachers[0], _student(), method="scratch", temperature=2.0)
+    Distiller(teachers[0], _student(), method="dkd", temperature=2.0)  # one it reads is fine

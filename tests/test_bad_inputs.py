@@ -330,7 +330,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("cache-cmd-without-teacher", lambda t: ["cache", str(RECIPES / "digits.yaml")], "set teacher.weights"),
     ("cache-cmd-out-is-a-file", lambda t: cache_cmd(t, "--out", str((t / "f").write_text("x") and t / "f")), "is a file"),
     ("cache-cmd-bad-storage", lambda t: cache_cmd(t, "--out", str(t / "c"), "--storage", "zip"), "'dense' or 'topk'"),
-    ("cache-with-a-feature-method", lambda t: run_args(t, sets=["distill.method=rkd", "distill.teacher_precision=bf16"]),
+    ("cache-with-a-feature-method", lambda t: run_args(t, sets=["distill.method=rkd", "distill.alpha=null", "distill.teacher_precision=bf16"]),
      "runs its teacher models live"),
     ("cache-cmd-bad-topk", lambda t: cache_cmd(t, "--out", str(t / "c"), "--storage", "topk", "--topk", "10"),
      "topk must be between"),

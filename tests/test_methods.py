@@ -59,7 +59,7 @@ def build(name: str) -> tuple[nn.Module, list[nn.Module]]:
 def test_gradients_reach_only_student_and_projectors(name: str, digits_loader: DataLoader) -> None:
     method, teachers = build(name)
     batch = next(iter(digits_loader))
-    method.setup(batch)
+    method.setup(batch, num_examples=len(digits_loader.dataset))
     method.train()
     out = method(batch)
     out["loss"].backward()
@@ -86,10 +86,19 @@ def test_teacher_bit_identical_after_training(name: str, digits_loader: DataLoad
     assert hooks(method.student, *teachers) == 0
 
 
+def unset_ignored(sets: tuple[str, ...]) -> list[str]:
+    """digits.yaml writes distill.temperature and distill.alpha; a method that reads neither refuses them, so unset
+    what the chosen method ignores (`--set distill.alpha=null`)."""
+    names = [s.split("=", 1)[1] for s in sets if s.startswith("distill.method=")]
+    if not names or names[-1] not in METHODS:
+        return []
+    return [f"distill.{k}=null" for k in ("temperature", "alpha") if k not in METHODS.get(names[-1]).uses]
+
+
 def run_cli(tmp_path: Path, *sets: str, name: str = "run") -> Path:
     out = tmp_path / name
     args = ["run", str(RECIPES / "digits.yaml"), "--out", str(out), "--no-progress"]
-    for s in (*CNN_SETS, *sets):
+    for s in (*CNN_SETS, *sets, *unset_ignored(sets)):
         args += ["--set", s]
     main(args)
     return out
@@ -134,29 +143,41 @@ def test_bad_input_is_one_line_exit_2_nothing_written(sets: list[str], message: 
 
 def test_pairs_command_prints_the_table(capsys) -> None:  # noqa: ANN001
     args = ["pairs", str(RECIPES / "digits.yaml"), "--set", "distill.method=fitnet"]
-    for s in CNN_SETS:
+    for s in (*CNN_SETS, "distill.alpha=null"):
         args += ["--set", s]
     main(args)
     out = capsys.readouterr().out
     assert "features.0" in out and "conv1x1" in out and "fitnet" in out
 
 
-def test_crd_state_with_grown_memory_banks_loads_into_a_fresh_method() -> None:
-    """A resume builds the method anew (banks of 0 rows) and loads a checkpoint whose banks have grown."""
+def test_crd_state_loads_into_a_fresh_method() -> None:
+    """A resume builds the method anew (banks of one row per training example, none filled) and loads a checkpoint."""
     from distill.batch import to_device
     from distill.methods import build_method
     from distill.teachers import LiveTeacher
 
-    loader = DataLoader(load_data("digits").train, batch_size=16)
-    batch = to_device(next(iter(loader)), torch.device("cpu"))
+    dataset = load_data("digits").train
+    batch = to_device(next(iter(DataLoader(dataset, batch_size=16))), torch.device("cpu"))
     teacher = cnn(8, 16)
     trained = build_method("crd", cnn(4, 8), LiveTeacher(teacher), options={"negatives": 8})
-    trained.setup(batch)
+    trained.setup(batch, num_examples=len(dataset))
     trained.train()
     trained(batch)
     state = trained.state_dict()
-    assert state["bank_s"].shape[0] > 0
+    assert state["bank_s"].shape[0] == len(dataset) and int(state["filled"].sum()) == 16
     fresh = build_method("crd", cnn(4, 8), LiveTeacher(teacher), options={"negatives": 8})
-    fresh.setup(batch)
+    fresh.setup(batch, num_examples=len(dataset))
     fresh.load_state_dict(state)
-    assert torch.equal(fresh.bank_s, state["bank_s"]) and torch.equal(fresh.bank_t, state["bank_t"])
+    for key in ("bank_s", "bank_t", "filled", "seed", "draws"):
+        assert torch.equal(getattr(fresh, key), state[key]), key
+
+
+def test_a_recipe_key_the_method_ignores_is_one_line_exit_2(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """digits.yaml writes distill.alpha, which dkd does not read: refused before anything is written."""
+    args = ["run", str(RECIPES / "digits.yaml"), "--out", str(tmp_path / "run"), "--set", "distill.method=dkd"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "distill.alpha is set to 0.9 but method 'dkd' does not use it" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

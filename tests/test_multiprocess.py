@@ -22,6 +22,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -79,8 +80,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _sets(batch: int) -> list[str]:
-    return [a for o in [*SETS, f"data.batch_size={batch}"] for a in ("--set", o)]
+# crd: each process applies the whole global batch's bank updates and draws the global batch's negatives from a shared
+# generator, so its banks and weights are those of one process at the global batch
+METHOD_SETS = {"kd": [], "crd": ["distill.method=crd", "distill.alpha=null", "distill.options.negatives=64",
+                                 "distill.options.embed_dim=8"]}
+
+
+def _sets(batch: int, method: str = "kd") -> list[str]:
+    return [a for o in [*SETS, *METHOD_SETS[method], f"data.batch_size={batch}"] for a in ("--set", o)]
 
 
 def _training_rows(run: Path) -> list[tuple]:
@@ -88,26 +95,34 @@ def _training_rows(run: Path) -> list[tuple]:
     return [(r["phase"], r["step"]) for r in rows if "loss" in r]
 
 
-def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("method", ["kd", "crd"])
+def test_two_processes_match_one_at_the_same_global_batch(tmp_path, method):
     guard = tmp_path / "guard.py"
     guard.write_text(GUARD)
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()),
-           str(guard), "run", str(RECIPES / "digits.yaml"), "--out", str(two), "--no-progress", *_sets(32)]
+           str(guard), "run", str(RECIPES / "digits.yaml"), "--out", str(two), "--no-progress", *_sets(32, method)]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GUARD_OUT=str(tmp_path))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     one = tmp_path / "one"
-    main(["run", str(RECIPES / "digits.yaml"), "--out", str(one), "--no-progress", *_sets(64)])
+    main(["run", str(RECIPES / "digits.yaml"), "--out", str(one), "--no-progress", *_sets(64, method)])
 
     for name in ("checkpoints/teacher.safetensors", "checkpoints/scratch.safetensors", "student.safetensors"):
         a, b = load_file(str(one / name)), load_file(str(two / name))
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=f"{name}:{k}")
+
+    if method == "crd":  # the memory banks agree with one process's (written by the main process, gathered updates)
+        a = load_file(str(one / "checkpoints" / "distilled-final" / "model.safetensors"))
+        b = load_file(str(two / "checkpoints" / "distilled-final" / "model.safetensors"))
+        assert torch.equal(a["filled"], b["filled"]) and int(a["filled"].sum()) == 6 * 64
+        for k in ("bank_s", "bank_t"):
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=k)
 
     # written once: the same metrics rows as one process, one set of checkpoints, a complete report
     assert _training_rows(two) == _training_rows(one)
@@ -118,4 +133,4 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
 
     for rank in (0, 1):  # the teacher ran on both ranks, never wrapped, prepared or trainable
         calls = json.loads((tmp_path / f"teacher-rank{rank}.json").read_text())
-        assert calls["n"] >= 6 and calls["bad"] == 0, calls
+        assert calls["n"] >= (6 if method == "kd" else 0) and calls["bad"] == 0, calls  # crd taps the model itself

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import DistillError, nearest
 
@@ -75,6 +75,15 @@ class DistillConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     cache: str | None = None  # teacher cache directory (`distill cache`); the distilled phase then runs no teacher
     teacher_precision: Literal["fp32", "bf16"] = "fp32"  # bf16: approximate, faster live teacher (fidelity logged)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, doc: Any) -> Any:
+        """`temperature: null` / `--set distill.alpha=null` means "not written": a method that does not read the key
+        then accepts the recipe (methods refuse loss keys the user wrote but they ignore, `Method.uses`)."""
+        if isinstance(doc, dict):
+            doc = {k: v for k, v in doc.items() if not (k in ("temperature", "alpha") and v is None)}
+        return doc
 
 
 class TrainConfig(Strict):

@@ -1,8 +1,10 @@
 """Automatic teacher <-> student layer pairing, and the projectors that make paired features comparable.
 
-From one example batch we find each model's *stages* — the blocks of its trunk (the `nn.Sequential`/`nn.ModuleList`
-with the most parameterised children, e.g. `features.0, features.1` of our CNN, `encoder.layer.*` of a BERT), or
-`hidden_states.<i>` for models that return hidden states — and give each a depth fraction `(i + 1) / n`. Every
+From one example batch we find each model's *stages* (`stage_paths`) — the modules timm's `feature_info` names; else
+the model's own numbered stage containers (`layer1 … layer4` of a torchvision ResNet, `stages.0 …`); else the blocks
+of its trunk (the `nn.Sequential`/`nn.ModuleList` with the most parameterised children, e.g. `features.0,
+features.1` of our CNN, `encoder.layer.*` of a BERT); or `hidden_states.<i>` for models that return hidden states —
+and give each a depth fraction `(i + 1) / n`. Every
 student stage is paired with the teacher stage of nearest depth whose output shape is compatible with the method:
 
 - `project` (fitnet, cosine): same rank and same spatial/sequence size; a 1×1 conv (maps) or linear (vectors,
@@ -16,6 +18,7 @@ Projectors are submodules of the *method*, never of the student, so they train w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -56,17 +59,80 @@ def teacher_model(source: Any, method: str = "this method") -> nn.Module:
     return model
 
 
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _n_params(model: nn.Module, paths: Sequence[str]) -> int:
+    modules = dict(model.named_modules())
+    return sum(p.numel() for path in paths for p in modules[path].parameters())
+
+
 def _trunk(model: nn.Module) -> list[str]:
     """Paths of the blocks of the model's trunk: the children (with parameters) of the container that has most."""
     best: list[str] = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Sequential, nn.ModuleList)):
-            kids = [f"{name}.{k}" if name else k for k, m in module.named_children() if any(True for _ in m.parameters())]
+            kids = [f"{name}.{k}" if name else k for k, m in module.named_children() if _has_params(m)]
             if len(kids) > len(best):
                 best = kids
     if not best:  # no container: the model's own parameterised children
-        best = [k for k, m in model.named_children() if any(True for _ in m.parameters())]
+        best = [k for k, m in model.named_children() if _has_params(m)]
     return best
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def _stage_containers(model: nn.Module) -> list[str]:
+    """The model's own stage containers: two or more sibling submodules that hold blocks (not single layers) and are
+    numbered under one prefix — `layer1 … layer4` of a torchvision ResNet, `stage1 …`, `blocks.0 …`, `stages.0 …` —
+    in number order. Of several such groups, the one holding the most parameters (the outermost); [] if none."""
+    best: list[str] = []
+    best_params = 0
+    for name, module in model.named_modules():
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for child_name, child in module.named_children():
+            match = _NUMBERED.match(child_name)
+            if match and any(True for _ in child.children()) and _has_params(child):
+                path = f"{name}.{child_name}" if name else child_name
+                groups.setdefault(match.group(1), []).append((int(match.group(2)), path))
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            paths = [path for _, path in sorted(members)]
+            params = _n_params(model, paths)
+            if params > best_params:
+                best, best_params = paths, params
+    return best
+
+
+def _feature_info(model: nn.Module) -> list[str]:
+    """Stage paths a timm model declares (`model.feature_info`: a list of dicts with `module`, or a `FeatureInfo`)."""
+    info = getattr(model, "feature_info", None)
+    if info is None:
+        return []
+    if callable(getattr(info, "module_name", None)):
+        names = list(info.module_name())
+    elif isinstance(info, (list, tuple)):
+        names = [d.get("module") for d in info if isinstance(d, dict)]
+    else:
+        return []
+    known = {n for n, _ in model.named_modules() if n}
+    return [n for n in dict.fromkeys(names) if isinstance(n, str) and n in known]
+
+
+def stage_paths(model: nn.Module) -> list[str]:
+    """Where a model's stages are, in depth order: timm's `feature_info` when the model declares it; else its own
+    numbered stage containers when they hold more of the model than the trunk's blocks do (a ResNet's `layer1 …
+    layer4`, not the two blocks of `layer1`); else the trunk (`_trunk`)."""
+    declared = _feature_info(model)
+    if len(declared) >= 2:
+        return declared
+    trunk, stages = _trunk(model), _stage_containers(model)
+    if stages and (not trunk or _n_params(model, stages) > _n_params(model, trunk)):
+        return stages
+    return trunk
 
 
 @torch.no_grad()
@@ -96,7 +162,7 @@ def find_stages(model: nn.Module, batch: Any, *, role: str = "model") -> list[St
             model.train(was_training)
         n = len(states or ()) - 1  # hidden_states[0] is the embedding output
         return [Stage(f"hidden_states.{i}", tuple(states[i].shape[1:]), i / n) for i in range(1, n + 1)]
-    paths = _trunk(model)
+    paths = stage_paths(model)
     if not paths:
         return []
     shapes, logits = _shapes(model, paths, batch, role)
@@ -137,11 +203,13 @@ def propose_pairs(
     batch: Any,
     *,
     mode: Mode = "project",
-    select: Literal["all", "last"] = "all",
+    select: Literal["all", "last", "middle"] = "all",
     overrides: Sequence[Sequence[str]] | None = None,
     method: str = "this method",
 ) -> list[Pair]:
     """Pairs of (student stage, teacher stage) for a method; `overrides` replaces the automatic choice.
+
+    `select`: `all` student stages, the `last` one, or one `middle` one (the pairable stage nearest half depth).
 
     Raises a one-line `DistillError` for unknown paths, unprojectable shapes, or models with no tappable stages."""
     if overrides:
@@ -170,6 +238,8 @@ def propose_pairs(
             )
     if select == "last":
         s_stages = s_stages[-1:]
+    elif select == "middle":  # one guided stage: the pairable student stage nearest half depth (FitNets' hint)
+        s_stages = sorted(s_stages, key=lambda s: (abs(s.depth - 0.5), s.depth))
     pairs = []
     for s in s_stages:
         fits = [t for t in t_stages if projector_kind(s.shape, t.shape, mode) is not None]
@@ -178,6 +248,8 @@ def propose_pairs(
         t = min(fits, key=lambda t: (abs(t.depth - s.depth), -t.depth))
         kind = projector_kind(s.shape, t.shape, mode)
         pairs.append(Pair(s.path, t.path, s.shape, t.shape, kind, s.depth, t.depth))  # type: ignore[arg-type]
+        if select == "middle":
+            break
     if not pairs and mode == "attention":
         raise DistillError(
             f"{method} transfers spatial attention and needs (C, H, W) feature maps in both models, but the student's "

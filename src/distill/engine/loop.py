@@ -155,7 +155,8 @@ def _fit(
         # shape-dependent submodules (projectors) must exist before the optimizer; forking the RNG keeps the dropout
         # stream after it identical to the student-alone phase's, so the comparison stays paired
         with torch.random.fork_rng(devices=[]):
-            setup(to_device(peek(loader), accelerator.device))
+            num_examples = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
+            setup(to_device(peek(loader), accelerator.device), num_examples=num_examples)
         method._setup_done = True
     resume = checkpointer.resume_point(phase) if checkpointer is not None else None
     if resume is not None:
@@ -176,6 +177,7 @@ def _fit(
     scheduler = make_scheduler(optimizer, cfg, total)
     generator = _shuffle_generator(loader)
 
+    on_step = getattr(method, "on_step", None)  # methods that follow the run's progress (DKD's warm-up)
     step, skipped, consecutive, samples, start_epoch, start_batch = 0, 0, 0, 0, 0, 0
     if resume is not None:  # optimizer after scheduler: creating a scheduler rewrites the param groups' lr
         optimizer.load_state_dict(resume.optimizer_state())
@@ -202,6 +204,8 @@ def _fit(
             for index, batch in enumerate(loader):
                 if epoch == start_epoch and index < start_batch:
                     continue  # trained before the checkpoint
+                if on_step is not None:
+                    on_step(step - skipped, total)  # optimizer updates so far: skipped steps do not count
                 out = model(batch)
                 loss = out["loss"]
                 if not _all_finite(loss.detach(), accelerator):

@@ -14,6 +14,7 @@ from .features import (
 )
 from .logits import (
     IGNORE_INDEX,
+    binary_hard_loss,
     binary_kd_loss,
     dkd_loss,
     dkd_parts,
@@ -24,7 +25,7 @@ from .logits import (
 )
 
 __all__ = [
-    "IGNORE_INDEX", "as_vectors", "attention_loss", "binary_kd_loss", "cosine_loss", "crd_loss", "dkd_loss",
+    "IGNORE_INDEX", "as_vectors", "attention_loss", "binary_hard_loss", "binary_kd_loss", "cosine_loss", "crd_loss", "dkd_loss",
     "dkd_parts", "hard_loss", "hinton_loss", "hint_loss", "kd_loss", "pkt_loss", "rkd_angle_loss",
     "rkd_distance_loss", "rkd_loss", "standardize_logits",
 ]

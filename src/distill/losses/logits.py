@@ -103,10 +103,14 @@ def binary_kd_loss(
     temperature: float = 1.0,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-class Bernoulli KD for sigmoid (multi-label) teachers.
+    """Per-class Bernoulli KD for sigmoid (multi-label) teachers, summed over classes and averaged over rows:
 
-    `T^2 * mean_rows sum_classes KL(Bern(sigmoid(t/T)) || Bern(sigmoid(s/T)))`, computed with log-sigmoid for
-    stability. Logits `(..., C)`; returns a scalar float32 tensor.
+        T² · (1/N) Σ_rows Σ_c [ p_c log(p_c / q_c) + (1 − p_c) log((1 − p_c) / (1 − q_c)) ],
+        p = sigmoid(teacher / T), q = sigmoid(student / T)
+
+    (the per-row sum over classes is the multi-label analogue of `kd_loss`'s batchmean; `binary_hard_loss` uses the
+    same reduction, so `alpha` weighs like against like). Computed with log-sigmoid for stability. Logits `(..., C)`;
+    `mask` `(...)` bool keeps rows; returns a scalar float32 tensor.
     """
     _check(student_logits, teacher_logits, temperature)
     s = student_logits.float() / temperature
@@ -115,6 +119,28 @@ def binary_kd_loss(
     log_q1, log_q0 = F.logsigmoid(s), F.logsigmoid(-s)
     per_class = _xlogy_diff(log_p1, log_q1) + _xlogy_diff(log_p0, log_q0)
     return temperature**2 * _mean_rows(per_class.sum(-1), mask)
+
+
+def binary_hard_loss(student_logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Multi-label hard term: binary cross-entropy of the un-tempered student against multi-hot labels, summed over
+    classes and averaged over labelled rows (the reduction of `binary_kd_loss`):
+
+        (1/N) Σ_rows Σ_c −[ y_c log sigmoid(s_c) + (1 − y_c) log(1 − sigmoid(s_c)) ]
+
+    Logits `(..., C)`, labels the same shape with values in [0, 1]; a row whose labels are all -100 is unlabelled
+    and left out. 0 (keeping the graph) when no row is labelled or `labels` is None."""
+    logits = student_logits.float()
+    if labels is None:
+        return logits.sum() * 0.0
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"multi-label targets must be multi-hot with the logits' shape {tuple(logits.shape)}, got labels of shape "
+            f"{tuple(labels.shape)}"
+        )
+    labels = labels.to(logits.device).float()
+    labelled = ~(labels == IGNORE_INDEX).all(dim=-1)  # (...)
+    per_row = F.binary_cross_entropy_with_logits(logits, labels.clamp(0, 1), reduction="none").sum(-1)
+    return _mean_rows(per_row, labelled)
 
 
 def standardize_logits(logits: torch.Tensor, *, eps: float = 1e-7) -> torch.Tensor:
@@ -133,19 +159,32 @@ def dkd_parts(
     target: torch.Tensor,
     *,
     temperature: float = 4.0,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoupled KD terms (Zhao et al. 2022, "Decoupled Knowledge Distillation"): `(TCKD, NCKD)`, both scaled by T².
 
     TCKD: KL between the binary distributions `[p_target, 1 - p_target]` of teacher and student.
     NCKD: KL between the distributions over the non-target classes only (the target class removed, renormalised).
-    Logits `(B, C)`, `target` `(B,)` class indices. KL summed over classes, averaged over rows (batchmean).
+    Logits `(..., C)` (`(B, C)`, or `(B, T, C)` flattened to rows), `target` `(...)` class indices, `mask` `(...)`
+    bool (True = row counts; a masked row's target is never read). KL summed over classes, averaged over kept rows
+    (batchmean); 0 with a graph when no row is kept.
     """
     _check(student_logits, teacher_logits, temperature)
-    s = student_logits.float() / temperature  # (B, C)
-    t = teacher_logits.detach().float() / temperature
-    gt = F.one_hot(target.long().to(s.device), s.shape[-1]).bool()  # (B, C)
+    n_classes = student_logits.shape[-1]
+    s = student_logits.float().reshape(-1, n_classes) / temperature  # (N, C)
+    t = teacher_logits.detach().float().reshape(-1, n_classes) / temperature
+    target = target.reshape(-1).to(s.device)
+    if target.shape[0] != s.shape[0]:
+        raise ValueError(f"dkd_parts: {target.shape[0]} targets for {s.shape[0]} rows of logits")
+    if mask is not None:
+        keep = mask.reshape(-1).to(s.device, torch.bool)
+        if not bool(keep.any()):
+            zero = student_logits.float().sum() * 0.0
+            return zero, zero.clone()
+        s, t, target = s[keep], t[keep], target[keep]
+    gt = F.one_hot(target.long(), n_classes).bool()  # (N, C)
 
-    def binary(z: torch.Tensor) -> torch.Tensor:  # log [p_target, 1 - p_target], (B, 2), stable
+    def binary(z: torch.Tensor) -> torch.Tensor:  # log [p_target, 1 - p_target], (N, 2), stable
         total = torch.logsumexp(z, dim=-1)
         log_tgt = z.masked_select(gt) - total
         log_rest = torch.logsumexp(z.masked_fill(gt, float("-inf")), dim=-1) - total
@@ -156,9 +195,9 @@ def dkd_parts(
     # Non-target distributions: the target logit pushed to a huge finite negative (not -inf, whose 0 * inf would
     # make NaN gradients), so its probability is exactly 0 and its KL term vanishes.
     huge = torch.finfo(torch.float32).min / 4
-    log_qs = F.log_softmax(s.masked_fill(gt, huge), dim=-1)  # (B, C)
+    log_qs = F.log_softmax(s.masked_fill(gt, huge), dim=-1)  # (N, C)
     log_qt = F.log_softmax(t.masked_fill(gt, huge), dim=-1)
-    per_class = _xlogy_diff(log_qt, log_qs).masked_fill(gt, 0.0)  # (B, C)
+    per_class = _xlogy_diff(log_qt, log_qs).masked_fill(gt, 0.0)  # (N, C)
     nckd = per_class.sum(-1).mean()
     return temperature**2 * tckd, temperature**2 * nckd
 

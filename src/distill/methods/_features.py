@@ -2,14 +2,17 @@
 and the one way the logit terms are combined with a feature term.
 
 Every feature method's loss is `ce_weight · CE + kd_weight · KD(T) + feature_weight · feature`, with `T` and the KD
-term of `distill.temperature` (Hinton et al. 2015); `distill.alpha` is not used by feature methods.
+term of `distill.temperature` (Hinton et al. 2015); `distill.alpha` is not used by feature methods (a recipe that sets
+it is refused). How a method's per-pair losses make `feature` — a sum over pairs (each pair weighted
+`feature_weight`, as the attention-transfer paper sums over layer groups) or a mean (the weights share
+`feature_weight`) — is its `pair_reduction`, stated in each method's docstring.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -106,8 +109,10 @@ def combine(method: Any, tapped: Tapped, batch: Any, feature: torch.Tensor) -> d
     return {"loss": loss, **out}
 
 
-def mean_over_pairs(losses: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(losses).mean()
+def over_pairs(losses: list[torch.Tensor], reduction: str) -> torch.Tensor:
+    """Combine per-pair losses: `sum` (each pair carries the full feature weight) or `mean`."""
+    stacked = torch.stack(losses)
+    return stacked.sum() if reduction == "sum" else stacked.mean()
 
 
 def pairwise_method(
@@ -117,9 +122,11 @@ def pairwise_method(
     mode: str,
     select: str,
     pair_loss: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+    reduction: Literal["sum", "mean"],
     doc: str | None = None,
 ) -> type[Method]:
-    """Build and register a feature method whose feature term is `mean_pairs pair_loss(student_f, teacher_f, options)`.
+    """Build and register a feature method whose feature term is `reduction_pairs pair_loss(student_f, teacher_f,
+    options)` (sum or mean over the pairs).
 
     `mode`/`select` choose the pairing (`pairing.propose_pairs`); the loss is combined with CE and KD by `combine`.
     One call per method file keeps each method a docstring, an options model and this line.
@@ -128,15 +135,16 @@ def pairwise_method(
     def check(cls, student, teacher, example_batch, opts, *, extra=()) -> None:  # noqa: ANN001
         check_features(cls, student, teacher, example_batch, opts)
 
-    def setup(self, example_batch: Any) -> None:
+    def setup(self, example_batch: Any, *, num_examples: int | None = None) -> None:
         self.bridge = build_bridge(self, example_batch)
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         f = self.bridge.run(self.student, self.teacher, batch)
-        feature = mean_over_pairs([pair_loss(s, t, self.options) for s, t in zip(f.student, f.teacher)])
+        feature = over_pairs([pair_loss(s, t, self.options) for s, t in zip(f.student, f.teacher)], reduction)
         return combine(self, f, batch, feature)
 
-    attrs = {"runs_teacher_models": True, "Options": options, "method_name": name, "pair_mode": mode, "pair_select": select, "__doc__": doc,
+    attrs = {"runs_teacher_models": True, "uses": frozenset({"temperature"}), "Options": options, "method_name": name,
+             "pair_mode": mode, "pair_select": select, "pair_reduction": reduction, "__doc__": doc,
              "check": classmethod(check), "setup": setup, "forward": forward}
     cls = type(name.capitalize(), (Method,), attrs)
     return register_method(name)(cls)

@@ -22,6 +22,7 @@ from ..teachers import LiveTeacher, TeacherSource
 
 METHODS: Registry = Registry("method")
 register_method = METHODS.register
+LOSS_KEYS = frozenset({"temperature", "alpha"})  # `distill` keys that only some methods' losses read
 
 
 class NoOptions(BaseModel):
@@ -37,6 +38,9 @@ class Method(nn.Module):
     runs_teacher_models: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
     multi_teacher: ClassVar[bool] = False  # True: learns from several teachers at once (the recipe's + `extra`)
+    # The `distill` recipe keys this method's loss reads. A key the user wrote that is not here is refused by
+    # `check_distill` (it would be silently ignored); defaults nobody wrote are never an error.
+    uses: ClassVar[frozenset[str]] = frozenset({"temperature", "alpha"})
 
     def __init__(
         self,
@@ -86,9 +90,15 @@ class Method(nn.Module):
             return None
         return models["source"] if models.get("source") is not None else LiveTeacher(models["teacher"])
 
-    def setup(self, example_batch: Any) -> None:
+    def setup(self, example_batch: Any, *, num_examples: int | None = None) -> None:
         """Called once with one example batch (on the training device) before the optimizer is built, so a method
-        can create shape-dependent submodules (projectors, memory banks). Default: nothing."""
+        can create shape-dependent submodules (projectors, memory banks). `num_examples` is the training set's size
+        (None for a dataset without a length). Default: nothing."""
+
+    def on_step(self, done: int, total: int) -> None:
+        """Called by the training loop before each training step: `done` optimizer updates so far in this phase
+        (steps skipped for a non-finite loss or gradient do not count) out of `total` planned steps. For losses that
+        follow the run's progress (DKD's warm-up). Default: nothing."""
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -108,12 +118,17 @@ def build_method(
     return cls(student, teacher, temperature=temperature, alpha=alpha, options=options)
 
 
-
-
 def check_distill(cfg: DistillConfig) -> None:
-    """Check a recipe's `distill` section against its method: the name is registered and `distill.options` validate
-    against the method's `Options`. Raises a one-line `DistillError`."""
+    """Check a recipe's `distill` section against its method: the name is registered, every loss key the user wrote
+    (`temperature`, `alpha`) is one the method reads (`Method.uses`), and `distill.options` validate against the
+    method's `Options`. Raises a one-line `DistillError`."""
     cls = METHODS.get(cfg.method)  # raises DistillError listing the registry
+    for key in sorted(LOSS_KEYS & cfg.model_fields_set - cls.uses):
+        reads = ", ".join(f"distill.{k}" for k in sorted(cls.uses)) or "neither"
+        raise DistillError(
+            f"distill.{key} is set to {getattr(cfg, key)} but method {cfg.method!r} does not use it (it reads {reads}); "
+            f"remove distill.{key} from the recipe (or --set distill.{key}=null)"
+        )
     try:
         cls.Options(**cfg.options)
     except ValidationError as exc:

@@ -1,8 +1,11 @@
 """Hinton et al. 2015 knowledge distillation: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE.
 
-Option `sigmoid: true` treats the teacher as multi-label (per-class Bernoulli KD, `binary_kd_loss`); its hard term is
-binary cross-entropy on multi-hot labels. Option `standardize: true` applies logit standardisation (Sun et al. 2024,
-`standardize_logits`) to both sides before the temperature, in the soft term only.
+Option `sigmoid: true` treats the teacher as multi-label: `alpha · binary_kd_loss + (1 − alpha) · binary_hard_loss`,
+per-class Bernoulli KL at T (× T²) and binary cross-entropy on multi-hot labels `(B, C)`, *both summed over classes
+and averaged over rows*, so alpha weighs terms of the same scale:
+`alpha · T² · (1/B) Σ_b Σ_c KL(Bern(σ(t/T)) ‖ Bern(σ(s/T))) + (1 − alpha) · (1/B) Σ_b Σ_c BCE(σ(s), y)`.
+Option `standardize: true` applies logit standardisation (Sun et al. 2024, `standardize_logits`) to both sides
+before the temperature, in the soft term only.
 """
 
 from __future__ import annotations
@@ -10,12 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
 from ..batch import forward_logits, inputs_of, labels_of
 from ..errors import DistillError
-from ..losses import binary_kd_loss, hard_loss, kd_loss, standardize_logits
+from ..losses import binary_hard_loss, binary_kd_loss, hard_loss, kd_loss, standardize_logits
 from .base import Method, register_method
 
 
@@ -36,12 +38,13 @@ class KD(Method):
         if self.options.sigmoid:
             if self.options.standardize:
                 raise DistillError("kd: standardize applies to softmax teachers; drop sigmoid or standardize")
+            if labels is not None and labels.shape != student.shape:
+                raise DistillError(
+                    f"kd with sigmoid: true needs multi-hot labels shaped like the logits {tuple(student.shape)}, "
+                    f"got {tuple(labels.shape)}; give (B, C) 0/1 labels or drop distill.options.sigmoid"
+                )
             soft = binary_kd_loss(student, teacher, temperature=self.temperature)
-            hard = (
-                F.binary_cross_entropy_with_logits(student.float(), labels.float())
-                if labels is not None
-                else student.float().sum() * 0.0
-            )
+            hard = binary_hard_loss(student, labels)
         else:
             if self.options.standardize:
                 soft = kd_loss(standardize_logits(student), standardize_logits(teacher), temperature=self.temperature)

@@ -14,5 +14,5 @@ class PKTOptions(FeatureOptions):
     feature_weight: float = Field(default=30000.0, ge=0)
 
 
-PKT = pairwise_method("pkt", PKTOptions, mode="relation", select="last", doc=__doc__,
+PKT = pairwise_method("pkt", PKTOptions, mode="relation", select="last", reduction="mean", doc=__doc__,
                       pair_loss=lambda s, t, o: pkt_loss(s, t))

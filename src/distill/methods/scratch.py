@@ -15,6 +15,7 @@ from .base import Method, register_method
 @register_method("scratch")
 class Scratch(Method):
     needs_teacher = False
+    uses = frozenset()  # neither distill.temperature nor distill.alpha
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         labels = labels_of(batch)
