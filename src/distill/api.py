@@ -63,6 +63,8 @@ class Distiller:
     def fit(self, train_loader: DataLoader, *, epochs: int = 1, val_loader: DataLoader | None = None) -> Distiller:
         """Train the student for `epochs` epochs; per-epoch validation metrics land in `self.history`."""
         device = self.accelerator.device
+        if isinstance(self.teacher, LiveTeacher) and self.teacher.execution is None:  # not chosen yet: one call per step
+            self.teacher.expected_calls = epochs * len(train_loader)
         evaluate = (lambda m: {"accuracy": accuracy(m.student, val_loader, device)}) if val_loader is not None else None
         self.summary = fit(
             self.method, train_loader, self.train_cfg, accelerator=self.accelerator, phase="distill",
