@@ -177,3 +177,18 @@ def test_no_deprecated_path_and_no_silenced_warnings() -> None:
     live = LiveTeacher(_teacher(), expected_calls=3)
     live((torch.rand(16, 1, 8, 8),))
     assert warnings.filters == before and "torchscript" not in live.execution["candidates"]
+
+
+def test_a_recorded_choice_that_no_longer_builds_is_chosen_afresh(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(model, inputs):
+        raise RuntimeError("compiler unavailable")
+
+    monkeypatch.setattr(execution, "build_compiled", broken)
+    record = tmp_path / "teacher_execution.json"
+    record.write_text(json.dumps({"execution": "compiled"}))
+    live = LiveTeacher(_teacher(), record=record)
+    x = torch.rand(16, 1, 8, 8)
+    out = live((x,))
+    assert live.execution["execution"] != "compiled" and "compiler unavailable" in live.execution["replay_failed"]["compiled"]
+    with torch.no_grad():
+        assert torch.allclose(out, live.model(x), atol=1e-5)

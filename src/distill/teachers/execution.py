@@ -206,8 +206,9 @@ def choose_execution(
 ) -> tuple[dict[str, Any], Run]:
     """Time the exact candidates for `model` on the batch inputs `inputs` (images `(B, C, H, W)`) and return
     `(record, run)`: `run(inputs) -> logits` is the fastest whose logits match eager within 1e-5 (scaled by the
-    logits' magnitude) on the batch and on about half of it; `record` names it with every candidate's time, speed-up
-    over eager and max |diff| (and bf16 fidelity, the copy plan, and the compile decision).
+    logits' magnitude) on the batch and on about half of it; `record` names it with, per candidate, its time per call
+    (`ms`, on the scale of eager's first rounds), speed-up over eager in its own rounds, max |diff| and build seconds;
+    plus the copy plan (`memory`), the compile decision (`compile`) and bf16 fidelity when autocast is on.
     `prefer`: the execution this run chose before — rebuilt and used if still exact (a resume replays the same float
     arithmetic, bit for bit). `expected_calls`: how many batches this teacher will serve (None: unknown)."""
     from ..batch import forward_logits
@@ -241,47 +242,54 @@ def choose_execution(
     def max_diff(run: Run) -> float:  # also warms the runner up before it is timed
         return max(float((run(x).float() - r).abs().max()) for x, r in checks)
 
+    def build(c: Candidate) -> tuple[Run | None, float, str | None]:
+        """(runner, seconds to build, None), or (None, seconds, error) when the model cannot run that way."""
+        t0 = time.perf_counter()
+        try:
+            return c.build(), time.perf_counter() - t0, None
+        except (RuntimeError, TypeError, ValueError, AttributeError, NotImplementedError, AssertionError) as e:
+            return None, time.perf_counter() - t0, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
     if prefer in by_name:
-        run = by_name[prefer].build()
-        diff = max_diff(run)
+        run, _, error = build(by_name[prefer])
+        diff = max_diff(run) if run is not None else float("inf")
         if diff <= tol:
             record.update(execution=prefer, reason="recorded choice of this run", candidates={prefer: {"max_abs_diff": diff}})
             return _with_fidelity(record, model, inputs, autocast), run
-        record["replay_failed"] = {prefer: diff}  # no longer exact: choose afresh
+        record["replay_failed"] = {prefer: error or diff}  # fails or no longer exact: choose afresh
         del run
 
     results: dict[str, dict[str, Any]] = {"eager": {"max_abs_diff": 0.0}}
     best, best_run, best_s = "eager", eager, 0.0  # best_s: seconds per call, in eager-relative terms (below)
     eager_s: float | None = None
 
-    def duel(cands: list[Candidate]) -> dict[str, Run]:
-        """Build `cands`, check them, time them with eager; return the exact ones' runners (others discarded)."""
+    def duel(cands: list[Candidate], rival: tuple[str, Run] | None = None) -> tuple[dict[str, Run], float | None]:
+        """Build `cands`, check them, time them with eager (and `rival`, a runner kept from before, so a saving over
+        it is measured in the same rounds); return the exact ones' runners (others discarded) and the rival's
+        per-call seconds in these rounds."""
         nonlocal eager_s
         runs: dict[str, Run] = {}
         for c in cands:
-            t0 = time.perf_counter()
-            try:
-                run = c.build()
-            except (RuntimeError, TypeError, ValueError, AttributeError, NotImplementedError, AssertionError) as e:
-                results[c.name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            run, build_s, error = build(c)
+            if run is None:
+                results[c.name] = {"error": error}
                 continue  # cannot run this model that way: the others remain
-            build_s = time.perf_counter() - t0
             diff = max_diff(run)
             results[c.name] = {"max_abs_diff": diff, "build_s": round(build_s, 3)}
             if diff <= tol:
                 runs[c.name] = run
-        med = median_times({"eager": eager, **runs}, inputs, repeats)
+        med = median_times({"eager": eager, **dict([rival] if rival else []), **runs}, inputs, repeats)
         eager_s = eager_s if eager_s is not None else med["eager"]
         for k in runs:  # one scale for all duels: eager's time in the first rounds / the speed-up in these rounds
             speedup = med["eager"] / max(med[k], 1e-12)
             results[k].update(ms=round(1e3 * eager_s / speedup, 3), speedup=round(speedup, 3), per_call_s=eager_s / speedup)
         results["eager"].setdefault("ms", round(1e3 * eager_s, 3))
-        return runs
+        return runs, (eager_s * med[rival[0]] / med["eager"] if rival else None)
 
     held = "eager"  # whose runner `best_run` is: the one extra copy alive (besides losers not yet collected)
     copy_cands = [c for c in pool if c.name != "compiled"]
     if plan == "together":
-        runs = duel(copy_cands)
+        runs, _ = duel(copy_cands)
         for k, run in runs.items():
             if best == "eager" or results[k]["per_call_s"] < best_s:
                 best, best_run, best_s, held = k, run, results[k]["per_call_s"], k
@@ -289,7 +297,7 @@ def choose_execution(
     else:  # one extra copy at a time: the previous best is let go before the next is built
         for c in copy_cands:
             best_run, held = eager, "eager"
-            runs = duel([c])
+            runs, _ = duel([c])
             if c.name in runs and (best == "eager" or results[c.name]["per_call_s"] < best_s):
                 best, best_s = c.name, results[c.name]["per_call_s"]
                 best_run, held = runs[c.name], c.name
@@ -305,19 +313,21 @@ def choose_execution(
         else:
             if plan == "one_at_a_time":
                 best_run, held = eager, "eager"  # let the best copy go before compiling (rebuilt below if it wins)
-            runs = duel([by_name["compiled"]])
+            rival = (best, best_run) if held == best and best != "eager" else None
+            runs, rival_s = duel([by_name["compiled"]], rival)
             res = results["compiled"]
             if "compiled" in runs:
-                pays = compile_pays(expected_calls, best_s, res["per_call_s"], res["build_s"])
-                record["compile"] = {"tried": True, "pays": pays, "compile_s": res["build_s"],
-                                     "saving_ms_per_call": round(1e3 * (best_s - res["per_call_s"]), 3)}
+                ref_s = rival_s if rival_s is not None else best_s  # the best so far, timed in the same rounds if held
+                pays = compile_pays(expected_calls, ref_s, res["per_call_s"], res["build_s"])
+                record["compile"] = {"tried": True, "pays": pays, "compile_s": res["build_s"], "versus": best,
+                                     "saving_ms_per_call": round(1e3 * (ref_s - res["per_call_s"]), 3)}
                 if pays:
                     best, best_s, best_run, held = "compiled", res["per_call_s"], runs["compiled"], "compiled"
             else:
                 record["compile"] = {"tried": True, "pays": False, "reason": "failed or not exact"}
             del runs
     if best != held:
-        best_run = by_name[best].build()  # its copy was let go while later candidates were tried
+        best_run = by_name[best].build()  # built before, so it builds again; its copy was let go while later candidates were tried
 
     eager_ms = results["eager"]["ms"]
     for r in results.values():
