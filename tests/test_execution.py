@@ -79,7 +79,7 @@ def test_compile_only_when_the_run_repays_it(monkeypatch: pytest.MonkeyPatch) ->
     measured compile time) and runs eager; per-call times are fixed (eager 10 ms, best copy 6 ms, compiled 3 ms)."""
     built: list[int] = []
 
-    def fake_compile(model: nn.Module, inputs) -> execution.Run:
+    def fake_compile(model: nn.Module, inputs, **kw) -> execution.Run:
         built.append(1)
         time.sleep(0.05)
         return lambda b: forward_logits(model, b)
@@ -157,7 +157,7 @@ def test_copy_plan_thresholds() -> None:
 def test_recorded_compiled_choice_replays_without_a_new_contest(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A resume whose first attempt chose `compiled` compiles again even though this LiveTeacher was not told the run
     length, and builds nothing else."""
-    monkeypatch.setattr(execution, "build_compiled", lambda model, inputs: (lambda b: forward_logits(model, b)))
+    monkeypatch.setattr(execution, "build_compiled", lambda model, inputs, **kw: (lambda b: forward_logits(model, b)))
     record = tmp_path / "teacher_execution.json"
     record.write_text(json.dumps({"execution": "compiled"}))
     live = LiveTeacher(_teacher(), record=record)
@@ -180,7 +180,7 @@ def test_no_deprecated_path_and_no_silenced_warnings() -> None:
 
 
 def test_a_recorded_choice_that_no_longer_builds_is_chosen_afresh(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(model, inputs):
+    def broken(model, inputs, **kw):
         raise RuntimeError("compiler unavailable")
 
     monkeypatch.setattr(execution, "build_compiled", broken)
