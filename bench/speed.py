@@ -1,14 +1,17 @@
 """Distillation step speed, measured as ratios in one process (A/B interleaved, median of repeats).
 
-    PYTHONPATH=src python bench/speed.py [--repeats 5] [--steps 20] [--threads 2]
+    PYTHONPATH=src python bench/speed.py [--repeats 5] [--steps 20] [--threads 2] [--teacher-calls N]
 
 Work (issue 5): CNN teacher ~0.36M params, small CNN student ~5k params, Fashion-MNIST (real IDX files when
 installed, else random data of that shape), batch 128, T=4, alpha=0.9, Adam 1e-3. Variants, each run for `--steps`
 steps per round, rounds interleaved:
 - `hand`: the loop a user would write — teacher in eval mode under `inference_mode`, default memory format,
   `F.kl_div(batchmean) * T^2`, a TensorDataset loader;
-- `online`: our engine (`engine.loop.fit`) with `KD(student, LiveTeacher(teacher))` (exact execution chosen
-  automatically; the choice is made once, before timing, as it is once per run);
+- `online`: our engine (`engine.loop.fit`) with `KD(student, LiveTeacher(teacher, expected_calls=N))` (exact
+  execution chosen automatically; the choice is made once, before timing, as it is once per run, and its cost is
+  printed as `choice_s`). N (`--teacher-calls`) is the run length the teacher is told, which decides whether
+  compiling it can pay: by default the calls this script makes, `2 * (repeats + 1) * steps`; pass a real training
+  run's step count (e.g. 9380 = 20 epochs of Fashion-MNIST at batch 128) to measure the steady state of such a run;
 - `cached`: our engine with `KD(student, CachedTeacher(...))` over a cache built once (dense float16, 1 view);
 - `plain`: our engine training the student alone (`Scratch`), same loader;
 - `teacher`: our teacher forward alone (LiveTeacher), to get teacher cost / student cost.
@@ -107,6 +110,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels-last", action="store_true", help="our engine with train.channels_last=true")
     ap.add_argument("--examples", type=int, default=10240, help="training examples used (cache built over them)")
+    ap.add_argument("--teacher-calls", type=int, default=None,
+                    help="run length told to the live teacher (default: the calls this script makes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     global CHANNELS_LAST
@@ -123,8 +128,11 @@ def main() -> None:
     loader = DataLoader(ds, batch_size=BATCH, shuffle=True, generator=gen(), drop_last=True)
     acc = Accelerator(cpu=True)
 
-    live = LiveTeacher(copy.deepcopy(teacher))
+    calls = args.teacher_calls or 2 * (args.repeats + 1) * args.steps  # online + teacher-only variants, warm-up incl.
+    live = LiveTeacher(copy.deepcopy(teacher), expected_calls=calls)
+    t0 = time.perf_counter()
     live(next(iter(loader)))  # the exact-execution choice happens once per run; not part of the steady state
+    choice_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         build_cache(teacher, ds, Path(tmp) / "cache", batch_size=512)
@@ -166,9 +174,10 @@ def main() -> None:
         # share of the hand-written step spent outside the student step bounds what any cache can give.
         "hand_step_share_outside_student": round(1 - thr["hand"] / thr["plain"], 3),
         "teacher_execution": live.execution,
+        "choice_s": round(choice_s, 2),
         "cache_build_s": round(cache_s, 2),
         "setup": {"data": source, "examples": len(ds), "batch": BATCH, "steps": args.steps, "repeats": args.repeats,
-                  "threads": args.threads, "train.channels_last": args.channels_last, "teacher_params": sum(p.numel() for p in teacher.parameters()),
+                  "teacher_calls": calls, "threads": args.threads, "train.channels_last": args.channels_last, "teacher_params": sum(p.numel() for p in teacher.parameters()),
                   "student_params": sum(p.numel() for p in student0.parameters()), "torch": torch.__version__},
     }))
 

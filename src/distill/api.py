@@ -109,6 +109,8 @@ class Distiller:
             cls.check(self._student, self.teachers[0], peek(train_loader), cfg.options, extra=self.teachers[1:])
             self._checked = True
         evaluate = student_validation(val_loader, acc.device)
+        if isinstance(self.teacher, LiveTeacher) and self.teacher.execution is None:  # not chosen yet: one call per step
+            self.teacher.expected_calls = epochs * len(train_loader) * cls.generations(cfg.options)
 
         def train(name: str, method: nn.Module) -> dict[str, Any]:
             return fit(method, train_loader, self.train_cfg, accelerator=acc, phase=name, epochs=epochs, log=self.log,

@@ -301,9 +301,13 @@ def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) ->
     under several processes the others choose for themselves, as they did before the resume)."""
     if p.cache is not None:
         return p.cache
-    bf16 = p.recipe.distill.teacher_precision == "bf16"
+    r = p.recipe
+    bf16 = r.distill.teacher_precision == "bf16"
     record = run_dir / "checkpoints" / "teacher_execution.json" if acc.is_main_process else None
-    return LiveTeacher(teacher, autocast=torch.bfloat16 if bf16 else None, record=record)
+    # one teacher call per training step: whether compiling the teacher pays depends on how many there will be
+    batches = -(-len(p.data.train) // (r.data.batch_size * acc.num_processes))
+    calls = r.train.epochs * batches if r.train.max_steps is None else min(r.train.max_steps, r.train.epochs * batches)
+    return LiveTeacher(teacher, autocast=torch.bfloat16 if bf16 else None, record=record, expected_calls=calls)
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:

@@ -1,9 +1,13 @@
 """A live teacher: a frozen model run under `torch.inference_mode()` in eval mode on every batch.
 
 On its first batch a `LiveTeacher` picks the fastest *exact* execution for the model (`execution.choose_execution`:
-for conv teachers, the fastest of eager / channels_last / conv-BN folding / TorchScript whose logits match eager within
-1e-5), run on copies of the model taken then; the model itself is never modified (re-create the LiveTeacher if its
-weights change later).
+for conv teachers, the fastest of eager / channels_last / conv-BN folding + channels_last / `torch.compile` with
+inductor freezing whose logits match eager within 1e-5 on two batch sizes). `torch.compile` is tried only when the
+run is long enough to repay its compile time, so the teacher must be told how many batches it will serve
+(`expected_calls`; unknown: never compiled). The candidates run on copies of the model taken then (at most one extra
+copy at a time for a teacher whose weights exceed `max_copy_share` of the available memory, none when a copy would
+take more than half of it); the model itself is never modified (re-create the LiveTeacher if its weights change later).
+With `record`, the choice is written to a JSON file once and a resumed run replays it (same float arithmetic).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 from torch import nn
 
 from ..batch import inputs_of
-from .execution import choose_execution
+from .execution import MAX_COPY_SHARE, choose_execution
 
 
 class TeacherSource(Protocol):
@@ -42,12 +46,17 @@ class LiveTeacher:
         autocast: torch.dtype | None = None,
         tune: bool = True,
         record: str | Path | None = None,
+        expected_calls: int | None = None,
+        max_copy_share: float = MAX_COPY_SHARE,
     ) -> None:
         self.model = freeze(model)
         self.autocast = autocast
         self.tune = tune  # pick the fastest exact execution on the first batch
         # `record`: a JSON file holding this run's choice; a resumed run reuses it so its arithmetic is identical
         self.record = Path(record) if record is not None else None
+        # how many batches this teacher will serve (the training steps of the phase): decides whether compiling pays
+        self.expected_calls = expected_calls
+        self.max_copy_share = max_copy_share
         self.execution: dict[str, Any] | None = None  # what was chosen, with the measured max |diff| and speed-up
         self._run: Any = None  # inputs -> logits, the chosen execution
 
@@ -79,7 +88,8 @@ class LiveTeacher:
                     prefer = None  # unreadable: choose afresh
             with torch.autocast(device_type=self.device.type, enabled=False):  # choose in the teacher's own precision
                 self.execution, self._run = choose_execution(
-                    self.model, inputs, enabled=self.tune, autocast=self.autocast, prefer=prefer
+                    self.model, inputs, enabled=self.tune, autocast=self.autocast, prefer=prefer,
+                    expected_calls=self.expected_calls, max_copy_share=self.max_copy_share,
                 )
             if self.record is not None and prefer is None:
                 tmp = self.record.with_suffix(".tmp")
