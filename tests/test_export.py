@@ -55,7 +55,7 @@ def _test_batch(n: int = 64) -> torch.Tensor:
 
 
 def test_load_student_from_run_dir_matches_the_report(runs) -> None:
-    from distill.deploy import _load_data
+    from distill.deploy import load_run_data
     from distill.engine.evaluate import accuracy
 
     run = runs["mlp"]
@@ -63,7 +63,7 @@ def test_load_student_from_run_dir_matches_the_report(runs) -> None:
     assert not model.training
     report = json.loads((run / "report.json").read_text())
     assert report["dataset"]["input_shape"] == [1, 8, 8]
-    data = _load_data(load_recipe(run / "config.yaml"))
+    data = load_run_data(load_recipe(run / "config.yaml"))
     acc = accuracy(model, torch.utils.data.DataLoader(data.test, batch_size=128), torch.device("cpu"))
     assert acc == pytest.approx(report["models"]["distilled"]["accuracy"], abs=1e-6)
     assert acc > 0.7  # the int8 tests below need a student that learnt something
@@ -126,7 +126,7 @@ def test_int8_onnx_runs_and_keeps_accuracy(runs, kind, mode, int8_op) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from distill.compress import OnnxModule, onnx_session
-    from distill.deploy import _load_data
+    from distill.deploy import load_run_data
     from distill.engine.evaluate import accuracy
 
     run = runs[kind]
@@ -137,7 +137,7 @@ def test_int8_onnx_runs_and_keeps_accuracy(runs, kind, mode, int8_op) -> None:
     check = meta["onnx"]["check"]
     assert check["accuracy_onnx"] >= check["accuracy_pytorch"] - INT8_TOLERANCE
     # Recomputed here through the engine's own accuracy, not the export's numbers.
-    data = _load_data(load_recipe(run / "config.yaml"))
+    data = load_run_data(load_recipe(run / "config.yaml"))
     # Same batches as the export's check: dynamic int8 scales activations per call, so results depend on the batch.
     loader = torch.utils.data.DataLoader(data.test, batch_size=check["batch_size"])
     cpu = torch.device("cpu")

@@ -50,7 +50,8 @@ def _run_files(run_dir: Path) -> tuple[Recipe, Path]:
     return load_recipe(run_dir / "config.yaml"), weights
 
 
-def _load_data(recipe: Recipe) -> Any:
+def load_run_data(recipe: Recipe) -> Any:
+    """The run's dataset (`DataBundle`), loaded as its recipe says: test set for checks, training set for calibration."""
     from .data import load_data
 
     d = recipe.data
@@ -67,7 +68,7 @@ def student_spec(run_dir: Path, recipe: Recipe, data: Any = None) -> dict[str, A
     shape, num_classes = ds.get("input_shape"), ds.get("num_classes")
     class_names = report.get("explorer", {}).get("class_names") or []
     if shape is None or num_classes is None:  # a run from before the report recorded them
-        data = data or _load_data(recipe)
+        data = data or load_run_data(recipe)
         shape, num_classes, class_names = list(data.input_shape), data.num_classes, list(data.class_names)
     return {"architecture": {"name": recipe.student.name, "kwargs": dict(recipe.student.kwargs)},
             "input_shape": [int(s) for s in shape], "num_classes": int(num_classes), "class_names": class_names}
@@ -148,7 +149,7 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", *, int8: bool = Fa
         raise DistillError("--int8 quantizes with onnxruntime; use it with --format onnx")
     run_dir = Path(run_dir)
     recipe, weights = _run_files(run_dir)
-    data = _load_data(recipe) if fmt == "onnx" else None  # test set for the check, training set for calibration
+    data = load_run_data(recipe) if fmt == "onnx" else None  # test set for the check, training set for calibration
     spec = student_spec(run_dir, recipe, data)
     model = load_weights(_build(spec), weights).eval()
     meta: dict[str, Any] = {"format": f"distill-student/{fmt}", **spec,
