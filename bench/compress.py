@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from distill import load_student
 from distill.compress import OnnxModule, onnx_session
-from distill.config import load_recipe
+from distill.recipe import load_recipe
 from distill.deploy import load_run_data, export_run, student_spec
 from distill.engine.evaluate import model_size, speed
 from distill.engine.io import load_weights

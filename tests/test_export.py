@@ -10,7 +10,7 @@ import torch
 
 from distill import load_student
 from distill.cli import main
-from distill.config import load_recipe
+from distill.recipe import load_recipe
 from distill.deploy import export_run
 from distill.errors import DistillError
 from distill.pipeline import run_recipe

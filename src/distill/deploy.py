@@ -25,7 +25,8 @@ from .batch import inputs_of
 from .compress.export import export_onnx, read_metadata, save_safetensors, set_onnx_metadata, write_json
 from .compress.quantize import quantizable_ops, quantize_onnx
 from .compress.runtime import OnnxModule, onnx_session
-from .config import Recipe, load_recipe
+from .config import Recipe
+from .recipe import load_recipe
 from .engine.evaluate import classification_metrics, predict
 from .engine.io import load_weights, read_state_dict
 from .errors import DistillError, DistillWarning, nearest
