@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .api import Distiller
+from .deploy import load_student
 from .losses import binary_kd_loss, hard_loss, hinton_loss, kd_loss
 from .models import create_model
 
@@ -10,4 +11,4 @@ try:
     __version__ = version("distill")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
-__all__ = ["Distiller", "binary_kd_loss", "create_model", "hard_loss", "hinton_loss", "kd_loss"]
+__all__ = ["Distiller", "binary_kd_loss", "create_model", "hard_loss", "hinton_loss", "kd_loss", "load_student"]

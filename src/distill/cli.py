@@ -209,6 +209,26 @@ def _options(
 ) -> None:
     """Knowledge distillation: teacher -> small student."""
 
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `distill run`."),
+    format_: str = typer.Option("safetensors", "--format", help="safetensors (weights + metadata) or onnx."),
+    int8: bool = typer.Option(False, "--int8", help="ONNX only: int8 with onnxruntime's quantizer."),
+    out: Optional[Path] = typer.Option(None, help="Output file (default RUN_DIR/export/student[.int8].<format>)."),
+) -> None:
+    """Export the run's student (architecture and input shape travel with the weights; ONNX is checked against
+    PyTorch on the test set)."""
+    from .deploy import export_run
+
+    meta = export_run(run_dir, format_, int8=int8, out=out)
+    console.print(f"exported {meta['architecture']['name']} student: {meta['path']} (metadata: {meta['path']}.json)")
+    check = meta.get("onnx", {}).get("check")
+    if check:
+        pct = lambda a: "?" if a is None else f"{100 * a:.2f}%"  # noqa: E731
+        console.print(f"onnxruntime vs PyTorch on {check['examples']} test examples: max |Δlogit| "
+                      f"{check['max_abs_diff']:.2e}, accuracy {pct(check['accuracy_onnx'])} vs "
+                      f"{pct(check['accuracy_pytorch'])}, agreement {pct(check['agreement'])}")
+
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
     """Our warnings as one `warning: ...` line; everyone else's as Python formats them."""

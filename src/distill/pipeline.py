@@ -355,7 +355,8 @@ def evaluate_models(models: dict[str, nn.Module], p: Prepared, device: torch.dev
     one = {k: v for k, v in example_batch(data.test, 1).items() if k not in ("labels", "index")}
     many = {k: v for k, v in example_batch(data.test, min(len(data.test), 256)).items() if k not in ("labels", "index")}
     out: dict[str, Any] = {"models": {}, "dataset": {"name": r.data.name, "test_size": len(data.test),
-                                                     "train_size": len(data.train), "num_classes": data.num_classes}}
+                                                     "train_size": len(data.train), "num_classes": data.num_classes,
+                                                     "input_shape": list(data.input_shape)}}
     for name, model in models.items():
         logits, _ = preds[name]
         row = classification_metrics(logits, labels, teacher_logits)
