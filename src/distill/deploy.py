@@ -179,6 +179,9 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", *, int8: bool = Fa
 def _export_onnx(model: nn.Module, dst: Path, data: Any, seed: int, int8: bool) -> dict[str, Any]:
     example = _tensor_inputs(next(iter(DataLoader(data.test, batch_size=2))))
     fp32 = dst.with_name("fp32.onnx") if int8 else dst
+    if int8 and not any(p.ndim >= 2 for p in model.parameters()):  # no weight matrix or kernel: refuse before exporting
+        raise DistillError("the student has no Linear/MatMul or Conv layers, so --int8 has nothing to quantize; "
+                           "export without --int8")
     export_onnx(model, example, fp32)
     info: dict[str, Any] = {"opset": _opset(fp32), "torch": torch.__version__, "onnxruntime": _ort_version()}
     if int8:
