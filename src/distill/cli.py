@@ -135,6 +135,38 @@ def pairs(
     console.print(table)
 
 
+@app.command()
+def check(
+    recipe: Path = typer.Argument(..., help="YAML recipe with a trained teacher (teacher.weights or a pretrained model)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set distill.temperature=8"),
+) -> None:
+    """Teacher diagnostics: logit scale, accuracy, softened-target entropy and one-hot share per temperature."""
+    from .recipe import load_recipe
+    from .tasks import check_recipe
+
+    r = load_recipe(recipe, set_)
+    d = check_recipe(r)
+    console.print(diagnostics_table(d, r.name))
+    for line in d["warnings"]:
+        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def diagnostics_table(d: dict, name: str) -> Table:
+    """The diagnostics of `distill check` as a rich table (chosen T marked with >)."""
+    acc = "" if d["accuracy"] is None else f", accuracy {100 * d['accuracy']:.1f}%"
+    auto = " (auto)" if d.get("temperature_auto") else ""
+    table = Table(title=f"{name}: teacher on {d['sample']} training examples — logit row std {d['logit_std']:.2f}, "
+                        f"max-min {d['logit_range']:.2f}{acc}; chosen T={d['temperature']:g}{auto}"
+                        f"{', standardize' if d['standardize'] else ''}; auto T={d['auto_temperature']:g}")
+    for col in ("T", "entropy", "one-hot rows", "entropy (std)", "one-hot rows (std)"):
+        table.add_column(col, justify="right")
+    for row in d["per_temperature"]:
+        mark = "> " if abs(row["temperature"] - d["temperature"]) < 1e-9 else ""
+        table.add_row(f"{mark}{row['temperature']:g}", f"{row['entropy']:.3f}", f"{100 * row['one_hot_share']:.1f}%",
+                      f"{row['standardized_entropy']:.3f}", f"{100 * row['standardized_one_hot_share']:.1f}%")
+    return table
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
     """Our warnings as one `warning: ...` line; everyone else's as Python formats them."""
     if issubclass(category, DistillWarning):

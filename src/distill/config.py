@@ -69,11 +69,20 @@ class TeacherConfig(ModelConfig):
 
 class DistillConfig(Strict):
     method: str = "kd"
-    temperature: float = Field(default=4.0, gt=0)
+    # a number > 0, or "auto": the T the teacher diagnostics derive from the teacher's own logits (diagnose.py)
+    temperature: float | Literal["auto"] = Field(default=4.0)
     alpha: float = Field(default=0.9, ge=0.0, le=1.0)
     options: dict[str, Any] = Field(default_factory=dict)
     cache: str | None = None  # teacher cache directory (`distill cache`); the distilled phase then runs no teacher
     teacher_precision: Literal["fp32", "bf16"] = "fp32"  # bf16: approximate, faster live teacher (fidelity logged)
+
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float | str) -> float | str:
+        if v != "auto" and not v > 0:
+            raise ValueError("temperature must be > 0 or 'auto'")
+        return v
 
 
 class TrainConfig(Strict):

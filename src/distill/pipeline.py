@@ -29,15 +29,17 @@ from .augment import augmented
 from .batch import forward_logits, inputs_of
 from .config import Recipe, dump_recipe
 from .data import DataBundle, load_data
+from .diagnose import recipe_diagnostics
 from .engine.checkpoint import CheckpointWarning, Checkpointer
 from .engine.distributed import cpu_only_launch
 from .engine.evaluate import accuracy, classification_metrics, model_size, predict, speed
 from .engine.io import load_weights, save_weights
 from .engine.loop import fit
 from .engine.metrics import MetricsLog
-from .errors import DistillError
+from .errors import DistillError, DistillWarning
 from .methods import METHODS, build_method
 from .models import create_model
+from .models.pretrained import is_pretrained
 from .report import render
 from .teachers import CachedTeacher, LiveTeacher, freeze
 from .teachers.cache_build import cache_keys
@@ -241,13 +243,15 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
 
     phases: dict[str, Any] = {}
     teacher = p.teacher
-    if r.teacher.weights is None:
+    if r.teacher.weights is None and not is_pretrained(teacher):
         scratch_teacher = build_method("scratch", teacher, None)
         phases["teacher"] = train("teacher", scratch_teacher, epochs=r.teacher.epochs, lr=r.teacher.lr)
     teacher = acc.unwrap_model(teacher)
     if acc.is_main_process:
         save_weights(teacher, run_dir / "checkpoints" / "teacher.safetensors")
     freeze(teacher)
+    diagnostics = run_diagnostics(teacher, r, data, acc)
+    temperature = diagnostics["temperature"]  # the recipe's T, or the one `temperature: auto` derived
 
     # What the method needs is read from its class (extra teachers, generations, its teacher source): no method
     # names here. Plain KD: no extra teachers, one generation, the recipe's teacher.
@@ -270,8 +274,8 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         models = {"teacher": teacher, "extra": extra, "previous": freeze(copy.deepcopy(previous)), "generation": g}
         method = build_method(
             r.distill.method, copy.deepcopy(p.student_init),
-            cls.teacher_source({**models, "source": _source(p, teacher, run_dir, acc)}, opts, r.distill.temperature),
-            temperature=r.distill.temperature, alpha=r.distill.alpha, options=opts,
+            cls.teacher_source({**models, "source": _source(p, teacher, run_dir, acc)}, opts, temperature),
+            temperature=temperature, alpha=r.distill.alpha, options=opts,
         )
         phases[name] = train(name, method)
         execution = getattr(method.teacher, "execution", None)
@@ -286,8 +290,10 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         save_weights(students["distilled"], run_dir / "student.safetensors")
         report = evaluate_models({"teacher": teacher, **students}, p, acc.device)
         report["phases"] = phases
+        report["diagnostics"] = diagnostics
+        report["explorer"]["chosen_temperature"] = temperature
         report["recipe"] = {"name": r.name, "seed": r.seed, "method": r.distill.method,
-                            "temperature": r.distill.temperature, "alpha": r.distill.alpha,
+                            "temperature": temperature, "temperature_auto": r.distill.temperature == "auto", "alpha": r.distill.alpha,
                             "labelled_fraction": r.data.labelled_fraction}
         tmp = run_dir / ".report.json.tmp"
         tmp.write_text(json.dumps(report, indent=2))
@@ -295,6 +301,16 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         render(run_dir)
     acc.wait_for_everyone()  # no process returns before the report exists
     acc.end_training()
+
+
+def run_diagnostics(teacher: nn.Module, recipe: Recipe, data: DataBundle, acc: Accelerator) -> dict[str, Any]:
+    """Teacher diagnostics on the transfer set (`diagnose.recipe_diagnostics`); the main process prints each warning
+    as one `warning:` line. Every process computes them (the same T on all of them under `temperature: auto`)."""
+    diagnostics = recipe_diagnostics(teacher, recipe, data.train, device=acc.device)
+    if acc.is_main_process:
+        for line in diagnostics["warnings"]:
+            warnings.warn(line, DistillWarning, stacklevel=2)
+    return diagnostics
 
 
 def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) -> CachedTeacher | LiveTeacher:
