@@ -151,6 +151,34 @@ def check(
         err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command("tune")
+def tune_cmd(
+    recipe: Path = typer.Argument(..., help="YAML recipe with a validation split, e.g. recipes/mnist-pretrained.yaml"),
+    budget: str = typer.Option("20m", help="Wall time for the trials: half distilled search, half student alone."),
+    out: Optional[Path] = typer.Option(None, help="Tune directory (default tunes/<name>); an existing one resumes."),
+    space: list[str] = typer.Option([], "--space", help="Search only these keys, optionally with a range: "
+                                    "--space lr=1e-4:1e-2 --space method=kd (keys: method temperature alpha standardize lr)"),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set train.epochs=5"),
+    baseline: bool = typer.Option(True, help="Also tune the student alone (lr only) with the same budget."),
+    trials: Optional[int] = typer.Option(None, min=1, help="At most this many trials per search (earlier ones count)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Search method, temperature, alpha, standardize and lr on the validation split (Optuna, pruned, resumable)."""
+    from .recipe import load_recipe
+    from .tune import tune
+
+    summary = tune(load_recipe(recipe, set_), budget, out, space=space, progress=progress, baseline=baseline,
+                   max_trials=trials)
+    best, base = summary["best"], summary.get("baseline")
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    console.print(f"best distilled: {100 * best['value']:.2f}% val accuracy ({params})")
+    if base:
+        console.print(f"student alone, same budget: {100 * base['value']:.2f}% (lr={base['params']['lr']:.3g})")
+    where = Path(summary["best_recipe"]).parent
+    console.print(f"best recipe: {summary['best_recipe']}  (distill run {summary['best_recipe']})")
+    console.print(f"page: {where / 'tune.html'}")
+
+
 def diagnostics_table(d: dict, name: str) -> Table:
     """The diagnostics of `distill check` as a rich table (chosen T marked with >)."""
     acc = "" if d["accuracy"] is None else f", accuracy {100 * d['accuracy']:.1f}%"
