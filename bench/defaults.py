@@ -41,7 +41,7 @@ CASES = {
                "teacher": {"name": "mlp", "kwargs": {"hidden": [512, 512], "dropout": 0.1}, "epochs": 40},
                "student": {"name": "mlp", "kwargs": {"hidden": [16]}},
                "train": {"epochs": 40, "lr": 0.003}},
-    "digits-10%-labels": {"data": {"name": "digits", "batch_size": 64, "labelled_fraction": 0.1},
+    "digits-10pct-labels": {"data": {"name": "digits", "batch_size": 64, "labelled_fraction": 0.1},
                           "teacher": {"name": "mlp", "kwargs": {"hidden": [512, 512], "dropout": 0.1}, "epochs": 40},
                           "student": {"name": "mlp", "kwargs": {"hidden": [16]}},
                           "train": {"epochs": 40, "lr": 0.003}},
