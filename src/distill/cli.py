@@ -229,6 +229,65 @@ def export(
                       f"{check['max_abs_diff']:.2e}, accuracy {pct(check['accuracy_onnx'])} vs "
                       f"{pct(check['accuracy_pytorch'])}, agreement {pct(check['agreement'])}")
 
+@app.command()
+def check(
+    recipe: Path = typer.Argument(..., help="YAML recipe with a trained teacher (teacher.weights or a pretrained model)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set distill.temperature=8"),
+) -> None:
+    """Teacher diagnostics: logit scale, accuracy, softened-target entropy and one-hot share per temperature."""
+    from .recipe import load_recipe
+    from .tasks import check_recipe
+
+    r = load_recipe(recipe, set_)
+    d = check_recipe(r)
+    console.print(diagnostics_table(d, r.name))
+    for line in d["warnings"]:
+        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("tune")
+def tune_cmd(
+    recipe: Path = typer.Argument(..., help="YAML recipe with a validation split, e.g. recipes/mnist-pretrained.yaml"),
+    budget: str = typer.Option("20m", help="Wall time for the trials: half distilled search, half student alone."),
+    out: Optional[Path] = typer.Option(None, help="Tune directory (default tunes/<name>); an existing one resumes."),
+    space: list[str] = typer.Option([], "--space", help="Search only these keys, optionally with a range: "
+                                    "--space lr=1e-4:1e-2 --space method=kd (keys: method temperature alpha standardize lr)"),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set train.epochs=5"),
+    baseline: bool = typer.Option(True, help="Also tune the student alone (lr only) with the same budget."),
+    trials: Optional[int] = typer.Option(None, min=1, help="At most this many trials per search (earlier ones count)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Search method, temperature, alpha, standardize and lr on the validation split (Optuna, pruned, resumable)."""
+    from .recipe import load_recipe
+    from .tune import tune
+
+    summary = tune(load_recipe(recipe, set_), budget, out, space=space, progress=progress, baseline=baseline,
+                   max_trials=trials)
+    best, base = summary["best"], summary.get("baseline")
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    console.print(f"best distilled: {100 * best['value']:.2f}% val accuracy ({params})")
+    if base:
+        console.print(f"student alone, same budget: {100 * base['value']:.2f}% (lr={base['params']['lr']:.3g})")
+    where = Path(summary["best_recipe"]).parent
+    console.print(f"best recipe: {summary['best_recipe']}  (distill run {summary['best_recipe']})")
+    console.print(f"page: {where / 'tune.html'}")
+
+
+def diagnostics_table(d: dict, name: str) -> Table:
+    """The diagnostics of `distill check` as a rich table (chosen T marked with >)."""
+    acc = "" if d["accuracy"] is None else f", accuracy {100 * d['accuracy']:.1f}%"
+    auto = " (auto)" if d.get("temperature_auto") else ""
+    table = Table(title=f"{name}: teacher on {d['sample']} training examples — logit row std {d['logit_std']:.2f}, "
+                        f"max-min {d['logit_range']:.2f}{acc}; chosen T={d['temperature']:g}{auto}"
+                        f"{', standardize' if d['standardize'] else ''}; auto T={d['auto_temperature']:g}")
+    for col in ("T", "entropy", "one-hot rows", "entropy (std)", "one-hot rows (std)"):
+        table.add_column(col, justify="right")
+    for row in d["per_temperature"]:
+        mark = "> " if abs(row["temperature"] - d["temperature"]) < 1e-9 else ""
+        table.add_row(f"{mark}{row['temperature']:g}", f"{row['entropy']:.3f}", f"{100 * row['one_hot_share']:.1f}%",
+                      f"{row['standardized_entropy']:.3f}", f"{100 * row['standardized_one_hot_share']:.1f}%")
+    return table
+
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
     """Our warnings as one `warning: ...` line; everyone else's as Python formats them."""

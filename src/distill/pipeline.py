@@ -27,18 +27,27 @@ from torch.utils.data import DataLoader
 
 from .augment import augmented
 from .batch import forward_logits, inputs_of
-from .config import Recipe, dump_recipe
+from .config import Recipe
 from .data import DataBundle, load_data
-from .engine.checkpoint import CheckpointWarning, Checkpointer
+from .diagnose import recipe_diagnostics
+from .engine.checkpoint import Checkpointer, CheckpointWarning
 from .engine.distributed import cpu_only_launch
-from .engine.evaluate import classification_metrics, model_size, predict, speed, student_validation
+from .engine.evaluate import (
+    classification_metrics,
+    model_size,
+    predict,
+    speed,
+    student_validation,
+)
 from .engine.io import load_weights, save_weights
 from .engine.loop import fit
-from .engine.phases import run_generations
 from .engine.metrics import MetricsLog
-from .errors import DistillError
+from .engine.phases import run_generations
+from .errors import DistillError, DistillWarning
 from .methods import METHODS, build_method
 from .models import create_model
+from .models.pretrained import is_pretrained
+from .recipe import dump_recipe
 from .report import render
 from .teachers import CachedTeacher, LiveTeacher, freeze
 from .teachers.cache_build import cache_keys
@@ -241,13 +250,15 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
 
     phases: dict[str, Any] = {}
     teacher = p.teacher
-    if r.teacher.weights is None:
+    if r.teacher.weights is None and not is_pretrained(teacher):
         scratch_teacher = build_method("scratch", teacher, None)
         phases["teacher"] = train("teacher", scratch_teacher, epochs=r.teacher.epochs, lr=r.teacher.lr)
     teacher = acc.unwrap_model(teacher)
     if acc.is_main_process:
         save_weights(teacher, run_dir / "checkpoints" / "teacher.safetensors")
     freeze(teacher)
+    diagnostics = run_diagnostics(teacher, r, data, acc)
+    temperature = diagnostics["temperature"]  # the recipe's T, or the one `temperature: auto` derived
 
     # What the method needs is read from its class (extra teachers, generations, its teacher source): no method
     # names here. Plain KD: no extra teachers, one generation, the recipe's teacher.
@@ -274,7 +285,7 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     source = _source(p, teacher, run_dir, acc) if cls.needs_teacher else None
     models = {"teacher": teacher, "extra": extra, "previous": students["scratch"], "source": source}
     final, distilled, _ = run_generations(
-        r.distill.method, student_init=p.student_init, models=models, temperature=r.distill.temperature,
+        r.distill.method, student_init=p.student_init, models=models, temperature=temperature,
         alpha=r.distill.alpha, options=opts, train=train_and_save, unwrap=acc.unwrap_model,
     )
     phases.update(distilled)
@@ -284,8 +295,10 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         save_weights(students["distilled"], run_dir / "student.safetensors")
         report = evaluate_models({"teacher": teacher, **students}, p, acc.device)
         report["phases"] = phases
+        report["diagnostics"] = diagnostics
+        report["explorer"]["chosen_temperature"] = temperature
         report["recipe"] = {"name": r.name, "seed": r.seed, "method": r.distill.method,
-                            "temperature": r.distill.temperature, "alpha": r.distill.alpha,
+                            "temperature": temperature, "temperature_auto": r.distill.temperature == "auto", "alpha": r.distill.alpha,
                             "labelled_fraction": r.data.labelled_fraction}
         tmp = run_dir / ".report.json.tmp"
         tmp.write_text(json.dumps(report, indent=2))
@@ -293,6 +306,16 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         render(run_dir)
     acc.wait_for_everyone()  # no process returns before the report exists
     acc.end_training()
+
+
+def run_diagnostics(teacher: nn.Module, recipe: Recipe, data: DataBundle, acc: Accelerator) -> dict[str, Any]:
+    """Teacher diagnostics on the transfer set (`diagnose.recipe_diagnostics`); the main process prints each warning
+    as one `warning:` line. Every process computes them (the same T on all of them under `temperature: auto`)."""
+    diagnostics = recipe_diagnostics(teacher, recipe, data.train, device=acc.device)
+    if acc.is_main_process:
+        for line in diagnostics["warnings"]:
+            warnings.warn(line, DistillWarning, stacklevel=2)
+    return diagnostics
 
 
 def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) -> CachedTeacher | LiveTeacher:

@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .config import Recipe, parse_recipe, read_recipe
-from .methods import check_distill
+from .methods import METHODS, check_distill
 
 
 def validate(doc: Any, *, source: str = "recipe") -> Recipe:
@@ -23,3 +25,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     recipe = read_recipe(path, overrides)
     check_distill(recipe.distill)
     return recipe
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, every default written out (saved next to the weights of every run), except the
+    loss keys its method does not read, written as null, so that the file loads again as the same recipe."""
+    doc = recipe.model_dump(mode="json")
+    uses = METHODS.get(recipe.distill.method).uses
+    for key in ("temperature", "alpha"):
+        if key not in uses:
+            doc["distill"][key] = None
+    return yaml.safe_dump(doc, sort_keys=False)

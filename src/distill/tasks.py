@@ -1,13 +1,15 @@
-"""Recipe-level tasks besides a run (orchestration layer): the layer pairs a feature method would use, and a
-recipe's teacher cache. Both build and check everything through `pipeline.prepare` before doing anything."""
+"""Recipe-level tasks besides a run (orchestration layer): the layer pairs a feature method would use, a recipe's
+teacher cache, and the teacher diagnostics of `distill check`. Both build and check everything through `pipeline.prepare` before doing anything."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from .diagnose import recipe_diagnostics
 from .errors import DistillError
 from .methods import METHODS
+from .models.pretrained import is_pretrained
 from .pairing import Pair, propose_pairs
 from .pipeline import example_batch, prepare
 from .teachers.cache_build import build_cache
@@ -43,3 +45,15 @@ def build_recipe_cache(
         temperature=recipe.distill.temperature, rebuild=rebuild, workers=recipe.data.num_workers,
     )
     return path, manifest
+
+
+def check_recipe(recipe: Any) -> dict[str, Any]:
+    """`distill check RECIPE`: the teacher diagnostics (`diagnose.recipe_diagnostics`) for the recipe's settings on
+    its training (transfer) set. Needs a teacher that is already trained: `teacher.weights` or a pretrained model."""
+    prepared = prepare(recipe)  # every user error (data, models, weights) surfaces first
+    if recipe.teacher.weights is None and not is_pretrained(prepared.teacher):
+        raise DistillError(
+            "distill check needs a trained teacher, and this recipe trains its own: set teacher.weights "
+            f"(e.g. --set teacher.weights=runs/{recipe.name}/checkpoints/teacher.safetensors after a run)"
+        )
+    return recipe_diagnostics(prepared.teacher, recipe, prepared.data.train)

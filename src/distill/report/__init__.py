@@ -90,7 +90,8 @@ def render(run_dir: str | Path) -> Path:
         "reliability": _png(plots.reliability_diagrams(models), plot_dir / "reliability.png"),
     }
     if report.get("explorer", {}).get("examples"):
-        images["explorer"] = _png(plots.temperature_explorer(report["explorer"]), plot_dir / "temperature_explorer.png")
+        explorer = {**report["explorer"], "per_temperature": report.get("diagnostics", {}).get("per_temperature", [])}
+        images["explorer"] = _png(plots.temperature_explorer(explorer), plot_dir / "temperature_explorer.png")
     text = verdict(models, report.get("dataset", {}).get("test_size"), report.get("recipe", {}).get("seed"))
     out = run_dir / "report.html"
     tmp = run_dir / ".report.html.tmp"

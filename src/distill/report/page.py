@@ -76,6 +76,33 @@ def _img(images: dict[str, str], key: str) -> str:
     return f'<img alt="{key}" src="data:image/png;base64,{images[key]}">' if key in images else ""
 
 
+def diagnostics_section(d: dict[str, Any] | None) -> str:
+    """The teacher diagnostics (`report.json` key `diagnostics`): logit scale, accuracy, softened-target entropy and
+    one-hot share per candidate T (raw and standardised logits), the chosen T marked, and the warnings."""
+    if not d:
+        return ""
+    acc = "" if d.get("accuracy") is None else f", accuracy {100 * d['accuracy']:.1f}% on its {d.get('labelled')} labelled rows"
+    head = (f"On {d.get('sample')} training examples the teacher's logits have a mean row std of "
+            f"{d.get('logit_std', 0):.2f} and a mean row max&minus;min of {d.get('logit_range', 0):.2f}{acc}. "
+            f"A row counts as one-hot when its top-1 probability exceeds 0.999; entropy in nats (max "
+            f"{d.get('max_entropy', 0):.2f}). The run used T = {d.get('temperature', 0):g}"
+            f"{' (temperature: auto)' if d.get('temperature_auto') else ''}"
+            f"{', standardised logits' if d.get('standardize') else ''}; temperature: auto would pick "
+            f"{d.get('auto_temperature', 0):g}.")
+    rows = []
+    for r in d.get("per_temperature", []):
+        chosen = abs(r["temperature"] - d.get("temperature", -1)) < 1e-9
+        cells = [f"{'&#9654; ' if chosen else ''}{r['temperature']:g}", f"{r['entropy']:.3f}",
+                 f"{100 * r['one_hot_share']:.1f}%", f"{r['standardized_entropy']:.3f}",
+                 f"{100 * r['standardized_one_hot_share']:.1f}%"]
+        style = ' style="font-weight:bold"' if chosen else ""
+        rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    table = ("<table><tr><th>T</th><th>entropy</th><th>one-hot rows</th><th>entropy (standardised)</th>"
+             "<th>one-hot rows (standardised)</th></tr>" + "".join(rows) + "</table>")
+    warns = "".join(f'<div class="verdict">warning: {html.escape(w)}</div>' for w in d.get("warnings", []))
+    return f"<h2>Teacher diagnostics</h2><p>{head}</p>{table}{warns}"
+
+
 def page(report: dict[str, Any], images: dict[str, str], verdict: str, config_escaped: str) -> str:
     models = report.get("models", {})
     recipe = report.get("recipe", {})
@@ -110,6 +137,7 @@ teacher's most confident test example to its least; H is the entropy in nats.</p
 <h2>Training</h2>{_img(images, 'curves')}
 <h2>Calibration</h2><p>Bars: accuracy within each confidence bin; a calibrated model's bars follow the diagonal.</p>
 {_img(images, 'reliability')}
+{diagnostics_section(report.get("diagnostics"))}
 {explorer}
 <h2>Recipe (resolved)</h2><pre>{config_escaped}</pre>
 </body></html>"""

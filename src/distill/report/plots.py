@@ -86,7 +86,11 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 def temperature_explorer(explorer: dict[str, Any]) -> Figure:
     """Rows: test examples (image when it has one); columns: the teacher's softmax(z / T) for each temperature."""
-    temps, examples = explorer["temperatures"], explorer["examples"]
+    temps, examples = list(explorer["temperatures"]), explorer["examples"]
+    chosen = explorer.get("chosen_temperature")  # the run's T: its column is marked (added if not a candidate)
+    if chosen is not None and all(abs(t - chosen) > 1e-9 for t in temps):
+        temps = sorted(temps + [chosen])
+    one_hot = {round(float(r["temperature"]), 6): r["one_hot_share"] for r in explorer.get("per_temperature", [])}
     has_image = any(e.get("image") is not None for e in examples)
     cols = len(temps) + int(has_image)
     fig, axes = plt.subplots(len(examples), cols, figsize=(2.1 * cols, 1.7 * len(examples)), squeeze=False)
@@ -109,7 +113,15 @@ def temperature_explorer(explorer: dict[str, Any]) -> Figure:
             ax.set_xticks(range(k) if k <= 12 else [])
             ax.tick_params(labelsize=6)
             entropy = float(-(p * np.log(np.clip(p, 1e-12, 1))).sum())
-            ax.set_title(f"T={t:g}  H={entropy:.2f}", fontsize=8)
+            mark = chosen is not None and abs(t - chosen) < 1e-9
+            title = f"{'chosen ' if mark else ''}T={t:g}  H={entropy:.2f}"
+            if r == 0 and round(float(t), 6) in one_hot:  # the share of one-hot rows over the diagnostics sample
+                title = f"{title}\none-hot {100 * one_hot[round(float(t), 6)]:.0f}% of rows"
+            ax.set_title(title, fontsize=8, color="#c44e52" if mark else "black", fontweight="bold" if mark else None)
+            if mark:
+                for side in ax.spines.values():
+                    side.set_edgecolor("#c44e52")
+                    side.set_linewidth(2)
     fig.suptitle("Teacher's distribution softmax(z / T): red = true class", fontsize=10)
     fig.tight_layout()
     return fig
