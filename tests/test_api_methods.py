@@ -161,3 +161,8 @@ def test_a_saved_recipe_loads_again_for_every_method(method: str, tmp_path) -> N
     path = tmp_path / "config.yaml"
     path.write_text(dump_recipe(recipe))
     assert load_recipe(path) == recipe
+
+
+def test_api_refuses_auto_temperature(teachers) -> None:
+    with pytest.raises(DistillError, match="auto"):
+        Distiller(teachers[0], _student(), temperature="auto")

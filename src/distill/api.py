@@ -65,6 +65,9 @@ class Distiller:
         except ValidationError as exc:
             raise DistillError(f"Distiller: {one_line(exc)}") from None
         check_distill(self.config)  # registered method, valid options, no argument the method would ignore
+        if self.config.temperature == "auto":
+            raise DistillError("temperature='auto' is derived by `distill run`/`distill check` from the teacher's "
+                               "diagnostics; pass a number to Distiller (distill.diagnose.diagnose_teacher measures it)")
         self.teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         if not self.teachers:
             raise DistillError("Distiller needs a teacher; pass a model (or a list of models for method='ensemble')")

@@ -42,7 +42,8 @@ def build_recipe_cache(
     manifest = build_cache(
         p.teacher, p.data.train, path, augment=recipe.augment, seed=recipe.seed, storage=storage, topk=topk,
         batch_size=recipe.data.eval_batch_size, precision=recipe.distill.teacher_precision,
-        temperature=recipe.distill.temperature, rebuild=rebuild, workers=recipe.data.num_workers,
+        temperature=1.0 if recipe.distill.temperature == "auto" else recipe.distill.temperature,  # fidelity's T
+        rebuild=rebuild, workers=recipe.data.num_workers,
     )
     return path, manifest
 
