@@ -29,3 +29,16 @@ TINY = [
 def tiny_overrides() -> list[str]:
     """`--set` overrides that shrink the digits recipe to a few steps (seconds, not minutes)."""
     return list(TINY)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:  # noqa: ANN001
+    """Run the CLI in-process: (exit status, stdout, stderr)."""
+    from distill.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err

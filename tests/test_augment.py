@@ -8,9 +8,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from distill.augment import AugmentConfig, Augmented, _crop_flip, augmented, uniforms
-from distill.recipe import validate
 from distill.data import Indexed
 from distill.errors import DistillError
+from distill.recipe import validate
 
 
 def _data(n: int = 40) -> Indexed:

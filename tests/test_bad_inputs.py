@@ -20,16 +20,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import RECIPES, TINY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from distill.cli import main
 from distill.config import Recipe
-from distill.recipe import validate
 from distill.errors import DistillError
-
-from conftest import RECIPES, TINY
+from distill.recipe import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((RECIPES / "digits.yaml").read_text())

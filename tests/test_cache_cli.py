@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
-from distill.cli import main
-from distill.recipe import load_recipe
 from distill.engine.io import save_weights
 from distill.pipeline import prepare
+from distill.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "distill" / "recipes"
 
@@ -27,13 +27,8 @@ def teacher_weights(tmp_path_factory) -> Path:
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    code, out, err = run_cli(argv, capsys)
+    return code, out + err
 
 
 def test_cache_then_run_without_teacher_forward(tmp_path, tiny_overrides, teacher_weights, capsys, monkeypatch) -> None:

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from distill.engine.checkpoint import Checkpointer, CheckpointWarning, load_checkpoint
-from distill.engine.state import join_optimizer_state, rng_state, set_rng_state, split_optimizer_state
+from distill.engine.state import (
+    join_optimizer_state,
+    rng_state,
+    set_rng_state,
+    split_optimizer_state,
+)
 from distill.errors import DistillError
 
 

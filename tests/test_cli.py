@@ -7,23 +7,13 @@ import re
 
 import pytest
 import yaml
+from conftest import RECIPES, run_cli
 
 from distill.cli import main
-
-from conftest import RECIPES
 
 KEYS = {"accuracy", "params", "size_bytes", "latency_ms_p50", "latency_ms_p95", "throughput_per_s", "agreement",
         "kl_to_teacher", "ece"}
 
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

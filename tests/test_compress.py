@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from factories import elementwise
 from torch import nn
 
 from distill.compress import (
@@ -22,8 +23,6 @@ from distill.compress import (
 from distill.engine.evaluate import speed
 from distill.errors import DistillError
 from distill.models import count_params, create_model
-
-from factories import elementwise
 
 
 def _mlp() -> nn.Module:

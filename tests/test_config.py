@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import RECIPES
 
 from distill.config import Recipe, apply_override, dump_recipe
-from distill.recipe import load_recipe, validate
 from distill.errors import DistillError
-
-from conftest import RECIPES
+from distill.recipe import load_recipe, validate
 
 
 def test_default_recipe_loads_and_round_trips(tmp_path) -> None:

@@ -7,12 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import RECIPES, TINY
 
 from distill.cli import main
+from distill.diagnose import (
+    ONE_HOT_P,
+    auto_temperature,
+    diagnose_logits,
+    softened_stats,
+)
 from distill.errors import DistillWarning
-from distill.diagnose import ONE_HOT_P, auto_temperature, diagnose_logits, softened_stats
-
-from conftest import RECIPES, TINY
 
 
 def _np_stats(z: np.ndarray, t: float) -> tuple[float, float]:

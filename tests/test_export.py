@@ -7,15 +7,14 @@ import shutil
 
 import pytest
 import torch
+from conftest import RECIPES
+from conftest import run_cli as cli
 
 from distill import load_student
-from distill.cli import main
-from distill.recipe import load_recipe
 from distill.deploy import export_run
 from distill.errors import DistillError
 from distill.pipeline import run_recipe
-
-from conftest import RECIPES
+from distill.recipe import load_recipe
 
 # A student trained on every label for a few epochs: accurate enough (~80-95%) that an int8 accuracy loss shows.
 BASE = ["data.labelled_fraction=1.0", "teacher.kwargs.hidden=[32]", "teacher.epochs=8", "train.epochs=6",
@@ -36,15 +35,6 @@ def runs(tmp_path_factory):
         "cnn": _run(root, "cnn", "student.name=cnn", "student.kwargs={channels: [8, 16]}", "train.epochs=4"),
     }
 
-
-def cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _test_batch(n: int = 64) -> torch.Tensor:

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from distill.losses import (
-    attention_loss, cosine_loss, crd_loss, hint_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, rkd_loss,
+    attention_loss,
+    cosine_loss,
+    crd_loss,
+    hint_loss,
+    pkt_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    rkd_loss,
 )
 
 rng = np.random.default_rng(0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import RECIPES
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
@@ -20,8 +21,6 @@ from distill.engine.loop import fit
 from distill.methods import METHODS, build_method
 from distill.models import create_model
 from distill.teachers import freeze
-
-from conftest import RECIPES
 
 METHOD_NAMES = ["kd", "dkd", "ensemble", "born_again", "fitnet", "attention", "rkd", "pkt", "crd", "cosine"]
 OPTIONS = {"crd": {"negatives": 16, "embed_dim": 8}, "dkd": {"warmup_steps": 2}, "kd": {"standardize": True}}

@@ -20,7 +20,13 @@ from distill.config import DistillConfig, TrainConfig
 from distill.data import load_data
 from distill.engine.loop import fit
 from distill.errors import DistillError
-from distill.losses import attention_loss, binary_hard_loss, dkd_parts, hard_loss, hint_loss
+from distill.losses import (
+    attention_loss,
+    binary_hard_loss,
+    dkd_parts,
+    hard_loss,
+    hint_loss,
+)
 from distill.methods import METHODS, build_method, check_distill
 from distill.models import create_model
 from distill.teachers import EnsembleTeacher, LiveTeacher, freeze
@@ -254,8 +260,9 @@ def test_ensemble_teacher_is_the_weighted_mean_of_tempered_probabilities() -> No
 
 
 def test_born_again_chain_teaches_each_generation_with_the_previous_student(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    from distill.methods.born_again import BornAgain
     from test_methods import run_cli
+
+    from distill.methods.born_again import BornAgain
 
     teachers: list[dict[str, torch.Tensor]] = []
     real = BornAgain.teacher_source.__func__

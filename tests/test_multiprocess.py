@@ -24,11 +24,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RECIPES
 from safetensors.torch import load_file
 
 from distill.cli import main
-
-from conftest import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ["data.labelled_fraction=1.0", "teacher.kwargs.hidden=[32]", "teacher.kwargs.dropout=0", "teacher.epochs=1", "student.kwargs.hidden=[8]",

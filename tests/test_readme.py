@@ -13,10 +13,9 @@ import re
 
 import pytest
 import torch
+from conftest import ROOT
 
 from distill import Distiller
-
-from conftest import ROOT
 
 
 def _example() -> str:

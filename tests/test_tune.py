@@ -6,25 +6,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import RECIPES, TINY
+from conftest import run_cli as cli
 
 from distill.cli import main
 from distill.recipe import load_recipe
 from distill.tune import parse_budget, parse_space
 
-from conftest import RECIPES, TINY
-
 pytest.importorskip("optuna")
 SETS = sum((["--set", s] for s in TINY), [])
 
-
-def cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
