@@ -22,15 +22,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .batch import inputs_of
-from .compress.export import export_onnx, read_metadata, save_safetensors, set_onnx_metadata, write_json
+from .compress.export import (
+    export_onnx,
+    read_metadata,
+    save_safetensors,
+    set_onnx_metadata,
+    write_json,
+)
 from .compress.quantize import quantizable_ops, quantize_onnx
 from .compress.runtime import OnnxModule, onnx_session
 from .config import Recipe
-from .recipe import load_recipe
+from .data import load_data
 from .engine.evaluate import classification_metrics, predict
 from .engine.io import load_weights, read_state_dict
 from .errors import DistillError, DistillWarning, nearest
 from .models import create_model
+from .recipe import load_recipe
 
 FORMATS = ("safetensors", "onnx")
 ONNX_TOLERANCE = 1e-4  # fp32 ONNX logits must match PyTorch's within this (max abs difference)
@@ -53,8 +60,6 @@ def _run_files(run_dir: Path) -> tuple[Recipe, Path]:
 
 def load_run_data(recipe: Recipe) -> Any:
     """The run's dataset (`DataBundle`), loaded as its recipe says: test set for checks, training set for calibration."""
-    from .data import load_data
-
     d = recipe.data
     return load_data(d.name, kwargs=d.kwargs, num_classes=d.num_classes, labelled_fraction=d.labelled_fraction,
                      seed=recipe.seed)
