@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import DistillError, nearest
 
@@ -224,9 +231,3 @@ def read_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         for assignment in overrides or []:
             apply_override(doc, assignment)
     return parse_recipe(doc, source=f"recipe {path.name}")
-
-
-def dump_recipe(recipe: Recipe) -> str:
-    """The recipe as YAML, every default written out. Runs save `distill.recipe.dump_recipe`, which also writes the
-    loss keys its method does not read as null."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

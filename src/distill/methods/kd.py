@@ -21,7 +21,13 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..batch import forward_logits, inputs_of, labels_of
 from ..errors import DistillError
-from ..losses import binary_hard_loss, binary_kd_loss, hard_loss, kd_loss, standardize_logits
+from ..losses import (
+    binary_hard_loss,
+    binary_kd_loss,
+    hard_loss,
+    kd_loss,
+    standardize_logits,
+)
 from .base import Method, register_method
 
 
