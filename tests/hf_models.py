@@ -53,3 +53,41 @@ def pad_to(batch: dict, length: int, *, label_fill: int = -100) -> dict:
     if "labels" in batch and batch["labels"].ndim == 2:
         out["labels"] = torch.nn.functional.pad(batch["labels"], (0, extra), value=label_fill)
     return out
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """`n` examples of different lengths (3..max_length tokens), unpadded: `{"input_ids", "attention_mask",
+    "labels"}` (`labels` per token with -100 on the first, special-like token, or one class per sequence)."""
+
+    def __init__(self, kind: str, n: int = 32, *, max_length: int = 9, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for _ in range(n):
+            length = int(torch.randint(3, max_length + 1, (), generator=g))
+            ids = torch.randint(1, VOCAB, (length,), generator=g)
+            # a learnable rule, so training has something to fit: the label follows the token id
+            labels = (ids % NUM_LABELS) if kind == "token" else (ids[:2].sum() % NUM_LABELS)
+            if kind == "token":
+                labels = labels.clone()
+                labels[0] = -100
+            self.items.append({"input_ids": ids, "attention_mask": torch.ones(length, dtype=torch.long),
+                               "labels": labels})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def collate(examples: list[dict]) -> dict:
+    """Dynamic padding to the longest example: id 0, attention 0, token labels -100 (what HF collators do)."""
+    length = max(e["input_ids"].shape[0] for e in examples)
+    out = {}
+    for key, fill in (("input_ids", 0), ("attention_mask", 0), ("labels", -100)):
+        rows = [e[key] for e in examples]
+        if rows[0].ndim == 0:
+            out[key] = torch.stack(rows)
+        else:
+            out[key] = torch.stack([torch.nn.functional.pad(r, (0, length - r.shape[0]), value=fill) for r in rows])
+    return out
