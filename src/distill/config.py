@@ -85,6 +85,9 @@ class DistillConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     cache: str | None = None  # teacher cache directory (`distill cache`); the distilled phase then runs no teacher
     teacher_precision: Literal["fp32", "bf16"] = "fp32"  # bf16: approximate, faster live teacher (fidelity logged)
+    # a live teacher whose weights exceed this share of free memory gets at most one extra copy at a time while its
+    # fastest exact execution is chosen (teachers/execution.py)
+    teacher_copy_share: float = Field(default=0.25, gt=0, le=1)
 
     @model_validator(mode="before")
     @classmethod
