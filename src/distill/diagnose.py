@@ -120,7 +120,9 @@ def diagnostic_warnings(d: dict[str, Any], *, alpha: float | None = None) -> lis
     where = "standardised " if d["standardize"] else ""
     out = []
     if share > ONE_HOT_WARN:
-        fix = (f"raise distill.temperature (auto would pick {d['auto_temperature']:g})" if d["standardize"] else
+        # with two classes a standardised row is always (+0.71, -0.71): it would carry no confidence at all
+        fix = (f"raise distill.temperature (auto would pick {d['auto_temperature']:g})"
+               if d["standardize"] or d["num_classes"] == 2 else
                "set distill.options.standardize=true (or distill.temperature=auto)")
         out.append(
             f"soft targets are one-hot: at T={t:g} the {where}teacher's top-1 probability exceeds {ONE_HOT_P} on "

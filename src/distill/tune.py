@@ -224,8 +224,12 @@ def _train_trial(s: Setup, recipe: Recipe, distilled: bool, report: Any | None) 
 
 
 def _estimate(s: Setup) -> float:
-    """Seconds one trial takes: a timed epoch's share of a few steps, scaled to train.epochs (+ validation)."""
+    """Seconds one trial takes: a timed epoch's share of a few steps, scaled to train.epochs (+ validation).
+    An untimed 1-step run goes first: a process's first training steps pay one-off start-up costs (~2 s on CPU) that
+    would otherwise be counted 5 steps' worth per step and overestimate a trial ~25x (205 s for a 8 s trial)."""
     r = s.recipe
+    warm = r.model_copy(update={"train": r.train.model_copy(update={"max_steps": 1, "epochs": 1})})
+    _train_trial(s, warm, True, None)
     quick = r.model_copy(update={"train": r.train.model_copy(update={"max_steps": 5, "epochs": 1})})
     started = time.perf_counter()
     _train_trial(s, quick, True, None)
