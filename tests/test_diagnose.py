@@ -97,3 +97,12 @@ def test_check_needs_a_trained_teacher(capsys) -> None:
         main(["check", str(RECIPES / "digits.yaml")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "needs a trained teacher" in err and len(err.strip().splitlines()) == 1
+
+
+def test_one_hot_warning_for_two_classes_says_raise_t_not_standardize() -> None:
+    """Two standardised logits are always (+0.71, -0.71): recommending standardize there would erase confidence."""
+    z = torch.tensor([[40.0, -40.0], [-35.0, 35.0], [50.0, -10.0]])
+    (two,) = diagnose_logits(z, None, temperatures=[1], temperature=1)["warnings"]
+    assert "one-hot" in two and "raise distill.temperature" in two and "standardize" not in two
+    three = diagnose_logits(torch.cat([z, z[:, :1] * 0], 1), None, temperatures=[1], temperature=1)["warnings"]
+    assert "standardize=true" in three[0]
