@@ -333,6 +333,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
      "runs its teacher models live"),
     ("cache-cmd-bad-topk", lambda t: cache_cmd(t, "--out", str(t / "c"), "--storage", "topk", "--topk", "10"),
      "topk must be between"),
+    ("seeds-empty", with_sets("train.seeds=[]"), "train.seeds: Value error, list at least one seed"),
+    ("seeds-repeated", with_sets("train.seeds=[0, 1, 0]"), "seed 0 is listed more than once"),
+    ("seeds-negative", with_sets("train.seeds=[-1]"), "seeds must be in [0, 2**32)"),
 ]
 
 

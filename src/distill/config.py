@@ -111,6 +111,23 @@ class TrainConfig(Strict):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     checkpoint_every: int | None = Field(default=None, ge=1)
     channels_last: bool = True  # conv weights in NHWC memory format (CPU: 1.3-1.6x faster conv steps, bench/speed.py)
+    # train the students (alone and distilled) once per seed; the report gives mean ± 95% CI and the paired gain.
+    # None: one student pair on the recipe's `seed`, as before. The recipe's `seed` still fixes data and teacher.
+    seeds: list[int] | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("list at least one seed, e.g. [0, 1, 2] (or remove train.seeds to use the recipe's seed)")
+        if any(s < 0 or s >= 2**32 for s in v):
+            raise ValueError("seeds must be in [0, 2**32)")
+        repeated = sorted({s for s in v if v.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed more than once; list each seed once")
+        return v
 
 
 class EvalConfig(Strict):

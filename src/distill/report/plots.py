@@ -15,7 +15,8 @@ COLORS = {"teacher": "#4c72b0", "scratch": "#dd8452", "distilled": "#55a868"}
 
 
 def color(name: str, i: int = 0) -> str:
-    return COLORS.get(name, plt.get_cmap("tab10")(i % 10))
+    """A model's colour; a per-seed phase (`scratch@1`) takes its model's."""
+    return COLORS.get(name.split("@")[0], plt.get_cmap("tab10")(i % 10))
 
 
 def training_curves(records: list[dict[str, Any]]) -> Figure:
@@ -48,6 +49,12 @@ def tradeoffs(models: dict[str, dict[str, Any]]) -> Figure:
         for i, (name, m) in enumerate(models.items()):
             if m.get(key) is None or m.get("accuracy") is None:
                 continue
+            ci = m.get("ci95") or {}
+            yerr = _err(ci.get("accuracy"), m["accuracy"], 100)
+            xerr = _err(ci.get(key), m[key], 1)
+            if yerr is not None or xerr is not None:  # 95% CI over seeds
+                ax.errorbar(m[key], 100 * m["accuracy"], yerr=yerr, xerr=xerr, fmt="none", ecolor=color(name, i),
+                            capsize=4, zorder=2)
             ax.scatter(m[key], 100 * m["accuracy"], s=70, color=color(name, i), zorder=3)
             ax.annotate(name, (m[key], 100 * m["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=9)
         ax.set(xlabel=label, ylabel="test accuracy (%)")
@@ -57,6 +64,13 @@ def tradeoffs(models: dict[str, dict[str, Any]]) -> Figure:
     axes[1].set_title("Accuracy vs latency")
     fig.tight_layout()
     return fig
+
+
+def _err(ci: list[float] | None, mean: float, scale: float) -> list[list[float]] | None:
+    """An asymmetric error bar `[[below], [above]]` from a `[lo, hi]` interval, or None."""
+    if not ci:
+        return None
+    return [[scale * max(0.0, mean - ci[0])], [scale * max(0.0, ci[1] - mean)]]
 
 
 def reliability_diagrams(models: dict[str, dict[str, Any]]) -> Figure:
