@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("methods",),
     ("engine",),
     ("report",),  # reads only run artifacts
-    ("recipe", "pipeline", "tasks", "deploy", "tune", "seeds"),  # recipe orchestration
+    ("recipe", "pipeline", "tasks", "deploy", "tune", "seeds", "variants"),  # recipe orchestration
     ("api", "cli", "__main__", ""),  # surfaces; "" is the package's own __init__
 ]
 

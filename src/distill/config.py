@@ -7,6 +7,7 @@ registry name or by `package.module:function`; nothing in YAML executes code (on
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -145,6 +146,36 @@ class EvalConfig(Strict):
         return v
 
 
+VARIANT = re.compile(r"^(teacher|student)_(onnx|int8|pruned_(\d+)|channels_(\d+))$")
+
+
+class CompressConfig(Strict):
+    """Recipe section `compress:`: compressed variants evaluated beside teacher and students, in the same table.
+    `<model>_<kind>` with model `teacher` or `student` (the distilled student; per seed under `train.seeds`) and kind
+    `onnx` (ONNX Runtime fp32), `int8` (ONNX Runtime int8: dynamic for linear-only models, static QDQ calibrated on
+    training examples for conv models), `pruned_<pct>` (global magnitude pruning, weights zeroed, dense kernels) or
+    `channels_<pct>` (structured channel pruning with torch-pruning: smaller dense layers). See `distill.variants`."""
+
+    variants: list[str] = Field(default_factory=list)
+
+    @field_validator("variants")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:
+            found = VARIANT.match(name)
+            if not found:
+                raise ValueError(f"unknown variant {name!r}; use <teacher|student>_<onnx|int8|pruned_PCT|channels_PCT>, "
+                                 "e.g. teacher_int8 or teacher_pruned_50")
+            pct = found.group(3) or found.group(4)
+            if pct is not None and not 0 < int(pct) < 100:
+                raise ValueError(f"pruning amount in {name!r} must be a percentage in (0, 100), e.g. {found.group(1)}_"
+                                 f"{found.group(2).split('_')[0]}_50")
+        repeated = sorted({n for n in v if v.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variant {repeated[0]!r} is listed more than once; list each variant once")
+        return v
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(default=0, ge=0, lt=2**32)  # numpy's seed range
@@ -155,6 +186,7 @@ class Recipe(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)  # seeded, replayable views (augment.py)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    compress: CompressConfig | None = None  # compressed variants in the report (None: none, as before)
 
 
 def one_line(exc: ValidationError) -> str:

@@ -50,6 +50,7 @@ from .models.pretrained import is_pretrained
 from .recipe import dump_recipe
 from .report import render
 from .seeds import combine, fresh_student, student_seeds, tag
+from . import variants
 from .teachers import CachedTeacher, LiveTeacher, freeze
 from .teachers.cache_build import cache_keys
 
@@ -135,6 +136,7 @@ def prepare(recipe: Recipe) -> Prepared:
             "distill.teacher_precision (they apply to kd-style methods that learn from the recipe's teacher source)"
         )
     method_cls.check(student, teacher, batch, recipe.distill.options, extra=extra)  # e.g. layer paths and pairing, before any write
+    variants.check(recipe, teacher, student)  # compress.variants: packages and weight layers
     return Prepared(recipe, data, teacher, student, extra, _open_cache(recipe, data, teacher))
 
 
@@ -296,7 +298,11 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
 
     if acc.is_main_process:
         save_weights(students[f"distilled{tag(student_seeds(r)[0])}"], run_dir / "student.safetensors")
-        report = evaluate_models({"teacher": teacher, **students}, p, acc.device)
+        distilled_students = {k: m for k, m in students.items() if k.partition("@")[0] == "distilled"}
+        built = variants.build(r, data, teacher, distilled_students, run_dir / "variants")
+        report = evaluate_models({"teacher": teacher, **students, **{k: v.model for k, v in built.items()}}, p, acc.device)
+        for name, variant in built.items():  # ONNX files: their size on disk and the source's parameter count
+            report["models"][name].update(variant.info)
         if r.train.seeds:  # mean ± 95% CI per column, and the paired gain
             report.update(combine(report["models"], r.train.seeds))
         report["phases"] = phases

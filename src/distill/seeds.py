@@ -42,12 +42,17 @@ def fresh_student(recipe: Recipe, data: DataBundle, seed: int) -> nn.Module:
 
 
 def combine(models: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    """Evaluated rows keyed `teacher`, `scratch@s`, `distilled@s` -> `report.json` keys: `models` (teacher as is;
-    `scratch` and `distilled` as mean rows with `ci95` and `per_seed`), `seeds`, and `gain` (the paired accuracy gain
-    of the distilled student over the student alone, `report.stats.paired_gain`, in accuracy fractions)."""
-    out: dict[str, Any] = {name: row for name, row in models.items() if "@" not in name}
-    for base in ("scratch", "distilled"):
-        out[base] = aggregate({s: models[f"{base}{tag(s)}"] for s in seeds})
+    """Evaluated rows keyed `teacher`, `scratch@s`, `distilled@s` (and per-seed variants such as `student_int8@s`)
+    -> `report.json` keys: `models` (rows without a seed as they are; every per-seed model as one mean row with `ci95`
+    and `per_seed`, in first-seen order), `seeds`, and `gain` (the paired accuracy gain of the distilled student over
+    the student alone, `report.stats.paired_gain`, in accuracy fractions)."""
+    groups: dict[str, dict[int, dict[str, Any]]] = {}
+    for name, row in models.items():
+        base, _, seed = name.partition("@")
+        if seed:
+            groups.setdefault(base, {})[int(seed)] = row
+    order = dict.fromkeys(name.partition("@")[0] for name in models)
+    out = {base: aggregate(groups[base]) if base in groups else models[base] for base in order}
     gain = paired_gain([models[f"distilled{tag(s)}"]["accuracy"] for s in seeds],
                        [models[f"scratch{tag(s)}"]["accuracy"] for s in seeds])
     return {"models": out, "seeds": list(seeds), "gain": {"metric": "accuracy", **gain}}

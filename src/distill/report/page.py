@@ -55,7 +55,8 @@ def _table(models: dict[str, dict[str, Any]]) -> str:
     for name, m in models.items():
         cells = "".join(f"<td>{_cell(m, key, fmt)}</td>" for key, _, fmt in COLUMNS)
         seeds = f' <span class="ci">({m["n_seeds"]} seeds)</span>' if m.get("n_seeds") else ""
-        rows.append(f"<tr><td><b>{html.escape(name)}</b>{seeds}</td>{cells}</tr>")
+        note = f'<br><span class="ci">{html.escape(m["note"])}</span>' if m.get("note") else ""  # compressed variants
+        rows.append(f"<tr><td><b>{html.escape(name)}</b>{seeds}{note}</td>{cells}</tr>")
     return f"<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>"
 
 

@@ -43,9 +43,11 @@ def training_curves(records: list[dict[str, Any]]) -> Figure:
 
 
 def tradeoffs(models: dict[str, dict[str, Any]]) -> Figure:
-    """Accuracy against size (parameters, log scale) and against batch-1 latency."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, key, label in ((axes[0], "params", "parameters (log scale)"), (axes[1], "latency_ms_p50", "latency p50, batch 1 (ms)")):
+    """Accuracy against size on disk (log scale) and against batch-1 latency (log scale): every model and compressed
+    variant, with 95% CI error bars over seeds where there are several."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "size_bytes", "size on disk, bytes (log scale)"),
+                           (axes[1], "latency_ms_p50", "latency p50, batch 1, ms (log scale)")):
         for i, (name, m) in enumerate(models.items()):
             if m.get(key) is None or m.get("accuracy") is None:
                 continue
@@ -60,6 +62,7 @@ def tradeoffs(models: dict[str, dict[str, Any]]) -> Figure:
         ax.set(xlabel=label, ylabel="test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0].set_xscale("log")
+    axes[1].set_xscale("log")
     axes[0].set_title("Accuracy vs size")
     axes[1].set_title("Accuracy vs latency")
     fig.tight_layout()

@@ -57,7 +57,8 @@ def _pooled_reliability(tables: list[dict[str, list[float]]]) -> dict[str, list[
 
 
 def aggregate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Rows of one model, one per seed (`{seed: row}`) -> one row: the mean of every numeric column, `ci95`
+    """Rows of one model, one per seed (`{seed: row}`) -> one row: the mean of every numeric column (other values
+    from the first seed's row), `ci95`
     (`{column: [lo, hi]}`), `n_seeds`, the rows themselves under `per_seed`, and a reliability table pooled over
     seeds (so the calibration plot shows every seed's predictions)."""
     per_seed = {str(s): {k: v for k, v in row.items() if k != "reliability"} for s, row in rows.items()}
@@ -66,6 +67,8 @@ def aggregate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ci: dict[str, list[float] | None] = {}
     for key, value in first.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if key != "reliability":
+                out[key] = value  # descriptions (runtime, note, ...) are the same for every seed
             continue
         values = [row[key] for row in rows.values() if isinstance(row.get(key), (int, float))]
         if len(values) != len(rows):
