@@ -116,13 +116,17 @@ def problems(html_path: Path, result: dict) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _render_run(tmp_path_factory: pytest.TempPathFactory, extra: list[str]) -> Path:
     out = tmp_path_factory.mktemp("browser") / "run"
     with contextlib.redirect_stdout(io.StringIO()):
         main(["run", str(RECIPES / "digits.yaml"), "--out", str(out), "--no-progress",
-              *sum((["--set", s] for s in TINY), [])])
+              *sum((["--set", s] for s in [*TINY, *extra]), [])])
     return out / "report.html"
+
+
+@pytest.fixture(scope="module")
+def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _render_run(tmp_path_factory, [])
 
 
 def test_report_renders_in_chromium(report_html: Path, tmp_path: Path) -> None:
@@ -150,3 +154,11 @@ def test_probe_catches_a_broken_page(report_html: Path, tmp_path: Path) -> None:
     blank.write_text("<!doctype html><html><head></head><body></body></html>", encoding="utf-8")
     found = "\n".join(problems(blank, open_in_chromium(blank, tmp_path / "b")))
     assert "screenshot looks blank" in found and "0 inlined PNGs" in found
+
+
+def test_full_report_renders_in_chromium(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """The side-by-side page: seeds (± columns, the seeds table, error bars) and compressed variants."""
+    pytest.importorskip("onnxruntime")
+    page = _render_run(tmp_path_factory, ["train.seeds=[0, 1]", "compress.variants=[student_int8, teacher_pruned_50]"])
+    assert problems(page, open_in_chromium(page, tmp_path)) == []
+    assert "<h2>Seeds</h2>" in page.read_text() and "student_int8" in page.read_text()
