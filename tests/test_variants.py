@@ -66,3 +66,10 @@ def test_per_seed_variants_are_averaged_like_the_students() -> None:
     assert list(got) == ["teacher", "scratch", "distilled", "teacher_int8", "student_onnx"]
     assert got["student_onnx"]["accuracy"] == pytest.approx(0.65) and got["student_onnx"]["n_seeds"] == 2
     assert got["student_onnx"]["note"] == "ONNX Runtime, fp32" and got["teacher_int8"] == models["teacher_int8"]
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    from distill.report.plots import pareto_front
+
+    points = [(0.6, 77.0), (0.05, 26.5), (0.11, 77.1), (0.2, 40.5), (0.08, 26.4), (0.14, 77.0), (0.05, 20.0)]
+    assert pareto_front(points) == [(0.05, 26.5), (0.11, 77.1)]

@@ -1,6 +1,6 @@
 """Recipes: YAML validated by pydantic (unknown keys rejected), with dotted overrides `--set distill.temperature=8`.
 
-A recipe has the sections `name, seed, data, teacher, student, distill, train, eval`. Models and datasets are named by
+A recipe has the sections `name, seed, data, teacher, student, distill, train, eval` and optionally `compress`. Models and datasets are named by
 registry name or by `package.module:function`; nothing in YAML executes code (only `yaml.safe_load`).
 """
 
