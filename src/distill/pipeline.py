@@ -136,7 +136,7 @@ def prepare(recipe: Recipe) -> Prepared:
             "distill.teacher_precision (they apply to kd-style methods that learn from the recipe's teacher source)"
         )
     method_cls.check(student, teacher, batch, recipe.distill.options, extra=extra)  # e.g. layer paths and pairing, before any write
-    variants.check(recipe, teacher, student)  # compress.variants: packages and weight layers
+    variants.check(recipe, teacher, student, batch)  # compress.variants: packages, input type, weight layers
     return Prepared(recipe, data, teacher, student, extra, _open_cache(recipe, data, teacher))
 
 

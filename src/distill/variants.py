@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .batch import inputs_of
 from .compress import OnnxModule, export_onnx, onnx_session, prune_channels, prune_unstructured, quantize_onnx, sparsity
 from .compress._optional import require
 from .config import VARIANT, Recipe
@@ -48,8 +49,9 @@ def parse(name: str) -> tuple[str, str, float | None]:
     return source, kind, None if pct is None else int(pct) / 100
 
 
-def check(recipe: Recipe, teacher: nn.Module, student: nn.Module) -> None:
-    """Before anything is written: the optional packages each variant needs, and a weight layer to work on."""
+def check(recipe: Recipe, teacher: nn.Module, student: nn.Module, batch: Any) -> None:
+    """Before anything is written: the optional packages each variant needs, one input tensor to export or trace
+    with (`batch`: an example batch of the data), and a weight layer to work on."""
     for name in recipe.compress.variants if recipe.compress else []:
         source, kind, _ = parse(name)
         if kind in ("onnx", "int8"):
@@ -57,6 +59,9 @@ def check(recipe: Recipe, teacher: nn.Module, student: nn.Module) -> None:
                 require(module, "export")
         if kind == "channels":
             require("torch_pruning", "compress")
+        if kind != "pruned" and isinstance(inputs_of(batch), dict) and set(inputs_of(batch)) != {"inputs"}:
+            raise DistillError(f"compress variant {name!r} exports or traces the model with one input tensor, but "
+                               f"this dataset gives {sorted(inputs_of(batch))}; remove it from compress.variants")
         model = teacher if source == "teacher" else student
         if kind != "onnx" and not any(p.ndim >= 2 for p in model.parameters()):
             raise DistillError(f"compress variant {name!r}: the {source} has no Linear or Conv layer to "
