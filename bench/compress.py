@@ -3,7 +3,7 @@ fp32 and int8 (student), interleaved, one thread, medians over rounds.
 
     PYTHONPATH=src python bench/compress.py RUN_DIR [--rounds 7] [--runs 300] [--threads 1] [--workdir DIR]
 
-RUN_DIR comes from `distill run recipes/fashion-mnist.yaml`. The student is exported with `distill.deploy.export_run`
+RUN_DIR comes from `distill run fashion-mnist`. The student is exported with `distill.deploy.export_run`
 (fp32 ONNX and int8 ONNX: dynamic for linear-only students, static QDQ calibrated on training examples for conv
 students) into --workdir (default: a temporary folder). Each round times every variant with the engine's own
 `speed()` (warm-up, then `--runs` timed batch-1 calls, p50) in turn, so drift on a shared machine hits all variants

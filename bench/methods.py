@@ -4,7 +4,7 @@
     PYTHONPATH=src .venv/bin/python bench/methods.py --out runs/bench-methods --table   # table from results.jsonl
 
 Teachers are trained once (seed 0 is the teacher of every method; seeds 1 and 2 give the ensemble's extra members),
-then each (method, seed) is a full `distill run` of recipes/fashion-mnist.yaml with the trained teacher's weights,
+then each (method, seed) is a full `distill run` of fashion-mnist with the trained teacher's weights,
 so every row goes through the same pipeline a user runs. One JSON line per run goes to `<out>/results.jsonl` as it
 finishes (a killed benchmark keeps what it measured); the markdown table (mean ± 95% CI over seeds, Student's t) is
 printed at the end. Requires `apt-get install -y dataset-fashion-mnist`.

@@ -96,14 +96,15 @@ def test_ensemble_distils_from_all_teachers(data, teachers) -> None:
 
 def test_born_again_trains_its_generations(data, teachers) -> None:
     d = Distiller(teachers[0], _student(), method="born_again", options={"generations": 3}, lr=1e-2, progress=False)
-    d.fit(data["train"], epochs=1)
-    assert list(d.summary) == ["scratch", "distilled.1", "distilled.2", "distilled"]
-    # generation 1 learns from the student trained alone, generation k+1 from generation k
-    chain = [d._scratch] + [d._built[n].student for n in ("distilled.1", "distilled.2")]
-    for teacher_of_next, name in zip(chain, ("distilled.1", "distilled.2", "distilled")):
-        source = d._built[name].teacher.model
-        for k, v in teacher_of_next.state_dict().items():
-            torch.testing.assert_close(source.state_dict()[k], v)
+    for fit_call in range(2):  # a second fit trains further; each generation's teacher is its predecessor as it is now
+        d.fit(data["train"], epochs=1)
+        assert list(d.summary) == (["scratch"] if fit_call == 0 else []) + ["distilled.1", "distilled.2", "distilled"]
+        # generation 1 learns from the student trained alone, generation k+1 from generation k
+        chain = [d._scratch] + [d._built[n].student for n in ("distilled.1", "distilled.2")]
+        for teacher_of_next, name in zip(chain, ("distilled.1", "distilled.2", "distilled")):
+            source = d._built[name].teacher.model
+            for k, v in teacher_of_next.state_dict().items():
+                torch.testing.assert_close(source.state_dict()[k], v)
     assert d._built["distilled"].student is d.student
 
 

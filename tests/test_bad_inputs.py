@@ -206,8 +206,7 @@ def under_file(tmp: Path) -> list[str]:
 def started_run(tmp: Path, config: str | None = None) -> None:
     (tmp / "run" / "checkpoints").mkdir(parents=True)
     if config is None:
-        from distill.config import dump_recipe
-        from distill.recipe import load_recipe
+        from distill.recipe import dump_recipe, load_recipe
 
         config = dump_recipe(load_recipe(RECIPES / "digits.yaml", list(TINY)))
     (tmp / "run" / "config.yaml").write_text(config)

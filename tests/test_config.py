@@ -6,9 +6,9 @@ import pytest
 import yaml
 from conftest import RECIPES
 
-from distill.config import Recipe, apply_override, dump_recipe
+from distill.config import Recipe, apply_override
 from distill.errors import DistillError
-from distill.recipe import load_recipe, validate
+from distill.recipe import dump_recipe, load_recipe, validate
 
 
 def test_default_recipe_loads_and_round_trips(tmp_path) -> None:

@@ -192,3 +192,19 @@ def test_a_recorded_choice_that_no_longer_builds_is_chosen_afresh(tmp_path, monk
     assert live.execution["execution"] != "compiled" and "compiler unavailable" in live.execution["replay_failed"]["compiled"]
     with torch.no_grad():
         assert torch.allclose(out, live.model(x), atol=1e-5)
+
+
+def test_the_recipe_sets_the_copy_share(tmp_path) -> None:
+    """`distill.teacher_copy_share` reaches the live teacher the pipeline builds."""
+    from conftest import RECIPES, TINY
+
+    from distill.pipeline import _source, prepare
+    from distill.recipe import load_recipe
+
+    recipe = load_recipe(RECIPES / "digits.yaml", [*TINY, "distill.teacher_copy_share=0.05"])
+
+    class Acc:
+        is_main_process, num_processes = True, 1
+
+    source = _source(prepare(recipe), torch.nn.Linear(1, 1), tmp_path, Acc())
+    assert source.max_copy_share == 0.05

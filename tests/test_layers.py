@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("engine",),
     ("report",),  # reads only run artifacts
     ("recipe", "pipeline", "tasks", "deploy", "tune", "seeds", "variants"),  # recipe orchestration
-    ("api", "cli", "__main__", ""),  # surfaces; "" is the package's own __init__
+    ("api", "cli", "hf", "__main__", ""),  # surfaces; "" is the package's own __init__
 ]
 
 

@@ -85,3 +85,15 @@ def test_parsers() -> None:
             parse_space(bad)
     with pytest.raises(Exception):
         parse_budget("soon")
+
+
+@pytest.mark.parametrize("sets", [["distill.method=born_again", "distill.alpha=null"],
+                                  ["distill.method=ensemble", "distill.options={teachers: [{name: mlp}]}"]])
+def test_methods_a_trial_cannot_honour_are_refused_before_training(sets, tmp_path, capsys) -> None:
+    """A trial trains one phase from one teacher: born-again generations or an ensemble would be scored as plain KD."""
+    out = tmp_path / "t"
+    args = ["tune", str(RECIPES / "digits.yaml"), "--budget", "10m", "--space", "lr", "--out", str(out),
+            "--no-progress", *SETS, *sum((["--set", s] for s in sets), [])]
+    code, _, err = cli(args, capsys)
+    assert code == 2 and "one teacher in one phase" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

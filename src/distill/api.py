@@ -105,7 +105,10 @@ class Distiller:
 
     def fit(self, train_loader: DataLoader, *, epochs: int = 1, val_loader: DataLoader | None = None) -> Distiller:
         """Train for `epochs` epochs (every generation, for born-again); per-epoch validation lands in `history`.
-        A second call continues training the same methods (projectors and memory banks carry over)."""
+
+        A second call trains the same methods further as a new phase: projectors and memory banks carry over, the
+        learning-rate schedule and schedules inside a loss (DKD's warm-up) start again, and each born-again
+        generation learns from its predecessor as that now is."""
         cfg, acc = self.config, self.accelerator
         cls = METHODS.get(cfg.method)
         if not self._checked:  # the method validates the models on one batch before anything trains

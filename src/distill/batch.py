@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 RESERVED_KEYS = ("labels", "index", "view")  # view: augmentation view id (augment.py), for teacher caches
+IGNORE_INDEX = -100  # a label that is not a target: an unlabelled example, or a position that is not a prediction
 
 
 def inputs_of(batch: Any) -> Any:
@@ -40,6 +41,44 @@ def labels_of(batch: Any) -> torch.Tensor | None:
 def index_of(batch: Any) -> torch.Tensor | None:
     """Dataset positions of the batch's examples, when the dataset provides them."""
     return batch.get("index") if isinstance(batch, Mapping) else None
+
+
+def attention_mask_of(batch: Any) -> torch.Tensor | None:
+    """The batch's `attention_mask` `(B, T)` as bool (True = real token), or None when it has none."""
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    return mask.bool() if isinstance(mask, torch.Tensor) else None
+
+
+def token_mask(batch: Any, logits: torch.Tensor) -> torch.Tensor | None:
+    """Which rows of `logits` are real predictions, for the losses' `mask=`; None when every row counts.
+
+    - `(B, C)` logits (one prediction per example): None. Every example is real; an unlabelled one (label -100)
+      still gets the soft term, and `hard_loss` leaves it out of the hard term.
+    - `(B, T, V)` logits (one prediction per position): `(B, T)` bool, True where the position is a real token
+      (`attention_mask`, when the batch has one) *and*, when the labels are per position, where its label is not
+      -100 (padding, special tokens, prompt). Without either, None.
+    """
+    if logits.ndim < 3:
+        return None
+    lead = logits.shape[:-1]  # (B, T)
+    mask = attention_mask_of(batch)
+    if mask is not None and mask.shape != lead:
+        mask = None  # an attention mask that does not index these positions (e.g. an encoder-decoder's source)
+    labels = labels_of(batch)
+    if labels is not None and labels.shape == lead:
+        labelled = labels.to(logits.device) != IGNORE_INDEX
+        mask = labelled if mask is None else mask.to(logits.device) & labelled
+    return None if mask is None else mask.to(logits.device)
+
+
+def feature_mask(batch: Any, feature: torch.Tensor) -> torch.Tensor | None:
+    """Which positions of a sequence feature `(B, T, D)` (hidden states) are real tokens: the batch's
+    `attention_mask` `(B, T)` when it indexes them; None otherwise (images, pooled vectors: every element counts).
+    Labels do not enter: a token without a label (a special token) still has a real hidden state."""
+    mask = attention_mask_of(batch)
+    if mask is None or feature.ndim != 3 or mask.shape != feature.shape[:2]:
+        return None
+    return mask.to(feature.device)
 
 
 def batch_size_of(batch: Any) -> int:

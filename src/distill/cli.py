@@ -47,8 +47,8 @@ def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite
          resume: bool = False, fresh_dir: bool = False) -> None:
     from accelerate import PartialState
 
-    from .recipe import load_recipe
     from .pipeline import run_recipe
+    from .recipe import load_recipe
     from .report import load_report, verdict
 
     started = time.perf_counter()
@@ -140,8 +140,8 @@ def pairs(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set distill.method=fitnet"),
 ) -> None:
     """Print the teacher<->student layer pairing a feature method would use (nothing is trained or written)."""
-    from .recipe import load_recipe
     from .pairing import projector_params
+    from .recipe import load_recipe
     from .tasks import pairing_for_recipe
 
     r = load_recipe(recipe, set_)
@@ -253,7 +253,7 @@ def check(
 
 @app.command("tune")
 def tune_cmd(
-    recipe: Path = typer.Argument(..., help="YAML recipe with a validation split, e.g. recipes/mnist-pretrained.yaml"),
+    recipe: Path = typer.Argument(..., help="YAML recipe with a validation split, e.g. mnist-pretrained"),
     budget: str = typer.Option("20m", help="Wall time for the trials: half distilled search, half student alone."),
     out: Optional[Path] = typer.Option(None, help="Tune directory (default tunes/<name>); an existing one resumes."),
     space: list[str] = typer.Option([], "--space", help="Search only these keys, optionally with a range: "

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import DistillError, nearest
 
@@ -79,6 +86,9 @@ class DistillConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     cache: str | None = None  # teacher cache directory (`distill cache`); the distilled phase then runs no teacher
     teacher_precision: Literal["fp32", "bf16"] = "fp32"  # bf16: approximate, faster live teacher (fidelity logged)
+    # a live teacher whose weights exceed this share of free memory gets at most one extra copy at a time while its
+    # fastest exact execution is chosen (teachers/execution.py)
+    teacher_copy_share: float = Field(default=0.25, gt=0, le=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -273,9 +283,3 @@ def read_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         for assignment in overrides or []:
             apply_override(doc, assignment)
     return parse_recipe(doc, source=f"recipe {path.name}")
-
-
-def dump_recipe(recipe: Recipe) -> str:
-    """The recipe as YAML, every default written out. Runs save `distill.recipe.dump_recipe`, which also writes the
-    loss keys its method does not read as null."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -22,11 +22,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .batch import inputs_of
-from .compress.export import export_onnx, read_metadata, save_safetensors, set_onnx_metadata, write_json
+from .compress.export import (
+    export_onnx,
+    read_metadata,
+    save_safetensors,
+    set_onnx_metadata,
+    write_json,
+)
 from .compress.quantize import quantizable_ops, quantize_onnx
 from .compress.runtime import OnnxModule, onnx_session
-from .config import Recipe
-from .recipe import load_recipe
+from .config import Recipe, read_recipe
+from .data import load_data
 from .engine.evaluate import classification_metrics, predict
 from .engine.io import load_weights, read_state_dict
 from .errors import DistillError, DistillWarning, nearest
@@ -48,13 +54,13 @@ def _run_files(run_dir: Path) -> tuple[Recipe, Path]:
                            "finish it with `distill run RECIPE --out RUN_DIR --resume`")
     if not (run_dir / "config.yaml").is_file():
         raise DistillError(f"run directory {str(run_dir)!r} has no config.yaml; pass a directory written by `distill run`")
-    return load_recipe(run_dir / "config.yaml"), weights
+    # structure only: export needs the student and data sections, and a run saved before a method started refusing
+    # keys it ignores must still export
+    return read_recipe(run_dir / "config.yaml"), weights
 
 
 def load_run_data(recipe: Recipe) -> Any:
     """The run's dataset (`DataBundle`), loaded as its recipe says: test set for checks, training set for calibration."""
-    from .data import load_data
-
     d = recipe.data
     return load_data(d.name, kwargs=d.kwargs, num_classes=d.num_classes, labelled_fraction=d.labelled_fraction,
                      seed=recipe.seed)

@@ -28,7 +28,12 @@ from torch import nn
 
 from .batch import inputs_of
 from .errors import DistillError
-from .features import FeatureTap, call_model, exposes_hidden_states, forward_with_features
+from .features import (
+    FeatureTap,
+    call_model,
+    exposes_hidden_states,
+    forward_with_features,
+)
 
 Mode = Literal["project", "attention", "relation"]
 

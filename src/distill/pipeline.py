@@ -341,7 +341,8 @@ def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) ->
     # one teacher call per training step: whether compiling the teacher pays depends on how many there will be
     batches = -(-len(p.data.train) // (r.data.batch_size * acc.num_processes))
     calls = r.train.epochs * batches if r.train.max_steps is None else min(r.train.max_steps, r.train.epochs * batches)
-    return LiveTeacher(teacher, autocast=torch.bfloat16 if bf16 else None, record=record, expected_calls=calls)
+    return LiveTeacher(teacher, autocast=torch.bfloat16 if bf16 else None, record=record, expected_calls=calls,
+                       max_copy_share=r.distill.teacher_copy_share)
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:

@@ -35,6 +35,7 @@ from torch import nn
 
 from .batch import index_of
 from .config import Recipe
+from .diagnose import recipe_diagnostics
 from .engine.evaluate import accuracy, predict
 from .engine.io import load_weights, save_weights
 from .engine.loop import fit
@@ -126,6 +127,23 @@ class Setup:
     source: Any  # IndexedLogits or LiveTeacher
 
 
+def _check_methods(recipe: Recipe, chosen: dict[str, tuple[str, Any]]) -> None:
+    """A trial trains one distilled phase from the recipe's one teacher (cached logits, or live under augmentation).
+    Methods whose hooks ask for more (generations, a student-alone teacher, extra teachers, tapping teacher
+    features) would be scored as something else than the recipe written for them: refuse them."""
+    names = list(chosen["method"][1]) if "method" in chosen else [recipe.distill.method]
+    for name in names:
+        cls = METHODS.get(name)
+        opts = recipe.distill.options if name == recipe.distill.method else {}
+        if (not cls.needs_teacher or cls.runs_teacher_models or cls.generations(opts) > 1
+                or cls.needs_scratch_student(opts) or cls.extra_teachers(opts)):
+            raise DistillError(
+                f"distill tune scores methods that learn from the recipe's one teacher in one phase (kd, dkd); "
+                f"{name!r} is not one (it runs teacher models, several generations or several teachers): tune its "
+                "train.lr with `distill run --set`, or tune kd/dkd"
+            )
+
+
 def _setup(recipe: Recipe, out: Path) -> Setup:
     """Prepare data and models, check the validation split, load or train the teacher (saved in `out`)."""
     p = prepare(recipe)
@@ -192,7 +210,9 @@ def _train_trial(s: Setup, recipe: Recipe, distilled: bool, report: Any | None) 
 
     student = copy.deepcopy(s.prepared.student_init)
     if distilled:
-        temperature = r.distill.temperature if r.distill.temperature != "auto" else 4.0
+        temperature = r.distill.temperature
+        if temperature == "auto":  # as a run resolves it: from the teacher's diagnostics under this trial's settings
+            temperature = recipe_diagnostics(s.teacher, r, data.train)["temperature"]
         method = build_method(r.distill.method, student, s.source, temperature=temperature, alpha=r.distill.alpha,
                               options=r.distill.options)
     else:
@@ -331,6 +351,7 @@ def _tune(recipe: Recipe, seconds: float, budget: str, out: Path, chosen: dict[s
     distilled_study = _open_study(out, "distilled", space_json, recipe_yaml, recipe.seed)  # checks before training
     lr_space = {"lr": chosen.get("lr", SPACE["lr"])}
     base_study = _open_study(out, "student-alone", _space_json(lr_space), recipe_yaml, recipe.seed) if baseline else None
+    _check_methods(recipe, chosen)  # before the teacher trains
     s = _setup(recipe, out)
     share = seconds / 2 if baseline else seconds
     per_trial = _estimate(s)

@@ -19,6 +19,7 @@ from ..imports import is_import_path, resolve
 from . import arrays, digits, fashion_mnist, mnist  # noqa: F401  (fill the registry)
 from ._registry import DATASETS, DataBundle, Indexed, register_dataset
 
+
 def _label(item: Any) -> int | None:
     if isinstance(item, Mapping):
         y = item.get("labels")

@@ -34,7 +34,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import DistillError, DistillWarning
-from .state import b64, join_optimizer_state, rng_state, set_rng_state, split_optimizer_state, unb64
+from .state import (
+    b64,
+    join_optimizer_state,
+    rng_state,
+    set_rng_state,
+    split_optimizer_state,
+    unb64,
+)
 
 FORMAT = 1
 FILES = ("model.safetensors", "optimizer.safetensors", "state.json")

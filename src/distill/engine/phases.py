@@ -53,10 +53,14 @@ def run_generations(
     previous = models.get("previous")
     student = previous
     for g, name in enumerate(names):
-        if name not in built:
+        fresh = name not in built
+        if fresh or g > 0:  # a later generation learns from its predecessor as it is now, also on a second call
             teacher_of_gen = {**models, "generation": g,
                               "previous": freeze(copy.deepcopy(previous)) if previous is not None else None}
             source = cls.teacher_source(teacher_of_gen, options, temperature)
+        if not fresh and g > 0:
+            built[name].teacher = source
+        if fresh:
             student = last_student if last_student is not None and g == len(names) - 1 else copy.deepcopy(student_init)
             built[name] = build_method(method, student, source, temperature=temperature, alpha=alpha, options=options)
         phases[name] = train(name, built[name])

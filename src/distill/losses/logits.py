@@ -15,7 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from ..batch import IGNORE_INDEX
+
+__all__ = ["IGNORE_INDEX", "binary_hard_loss", "binary_kd_loss", "dkd_loss", "dkd_parts", "hard_loss", "hinton_loss",
+           "kd_loss", "standardize_logits"]
 
 
 def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> None:
@@ -63,14 +66,21 @@ def kd_loss(
     return temperature**2 * _mean_rows(per_row, mask)
 
 
-def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy of the un-tempered student, averaged over labelled rows (label != -100); 0 (keeping the graph)
-    if none are or `labels` is None (an unlabelled batch)."""
+def hard_loss(
+    student_logits: torch.Tensor, labels: torch.Tensor | None, *, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy of the un-tempered student, averaged over labelled rows (label != -100) that `mask` keeps;
+    0 (keeping the graph) if none are or `labels` is None (an unlabelled batch).
+
+    Logits `(..., C)`, labels and `mask` `(...)` (bool, True = row counts; padding positions are masked out even
+    when their label is not -100)."""
     logits = student_logits.float().reshape(-1, student_logits.shape[-1])
     if labels is None:
         return logits.sum() * 0.0
     labels = labels.reshape(-1).to(logits.device)
     labelled = labels != IGNORE_INDEX
+    if mask is not None:
+        labelled = labelled & mask.reshape(-1).to(logits.device, torch.bool)
     if not bool(labelled.any()):
         return logits.sum() * 0.0  # keeps the graph, contributes nothing
     return F.cross_entropy(logits[labelled], labels[labelled].long())
@@ -83,17 +93,19 @@ def hinton_loss(
     *,
     temperature: float,
     alpha: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`alpha * kd_loss(T) + (1 - alpha) * CE(student, labels)` (Hinton et al. 2015).
 
     Unlabelled rows (label -100, or `labels=None`) still get the soft term; the hard term averages over labelled rows.
+    `mask` `(...)` bool keeps rows (real tokens of `(B, T, V)` logits) in both terms.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    soft = kd_loss(student_logits, teacher_logits, temperature=temperature)
+    soft = kd_loss(student_logits, teacher_logits, temperature=temperature, mask=mask)
     if alpha == 1.0:
         return soft + hard_loss(student_logits, None)
-    return alpha * soft + (1 - alpha) * hard_loss(student_logits, labels)
+    return alpha * soft + (1 - alpha) * hard_loss(student_logits, labels, mask=mask)
 
 
 def binary_kd_loss(
@@ -121,14 +133,17 @@ def binary_kd_loss(
     return temperature**2 * _mean_rows(per_class.sum(-1), mask)
 
 
-def binary_hard_loss(student_logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+def binary_hard_loss(
+    student_logits: torch.Tensor, labels: torch.Tensor | None, *, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Multi-label hard term: binary cross-entropy of the un-tempered student against multi-hot labels, summed over
     classes and averaged over labelled rows (the reduction of `binary_kd_loss`):
 
         (1/N) Σ_rows Σ_c −[ y_c log sigmoid(s_c) + (1 − y_c) log(1 − sigmoid(s_c)) ]
 
     Logits `(..., C)`, labels the same shape with values in [0, 1]; a row whose labels are all -100 is unlabelled
-    and left out. 0 (keeping the graph) when no row is labelled or `labels` is None."""
+    and left out, as is a row that `mask` `(...)` (bool) drops. 0 (keeping the graph) when no row is labelled or
+    `labels` is None."""
     logits = student_logits.float()
     if labels is None:
         return logits.sum() * 0.0
@@ -139,6 +154,8 @@ def binary_hard_loss(student_logits: torch.Tensor, labels: torch.Tensor | None) 
         )
     labels = labels.to(logits.device).float()
     labelled = ~(labels == IGNORE_INDEX).all(dim=-1)  # (...)
+    if mask is not None:
+        labelled = labelled & mask.to(logits.device, torch.bool)
     per_row = F.binary_cross_entropy_with_logits(logits, labels.clamp(0, 1), reduction="none").sum(-1)
     return _mean_rows(per_row, labelled)
 
@@ -210,7 +227,9 @@ def dkd_loss(
     temperature: float = 4.0,
     alpha: float = 1.0,
     beta: float = 8.0,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`alpha * TCKD + beta * NCKD` (Zhao et al. 2022; paper defaults alpha=1, beta=8, T=4). See `dkd_parts`."""
-    tckd, nckd = dkd_parts(student_logits, teacher_logits, target, temperature=temperature)
+    """`alpha * TCKD + beta * NCKD` (Zhao et al. 2022; paper defaults alpha=1, beta=8, T=4). See `dkd_parts`
+    (`mask` `(...)` bool keeps rows)."""
+    tckd, nckd = dkd_parts(student_logits, teacher_logits, target, temperature=temperature, mask=mask)
     return alpha * tckd + beta * nckd

@@ -7,7 +7,26 @@ the method's `Options` pydantic model. The base class and the registry live in `
 imports every method file, which fills the registry.
 """
 
-from . import attention, born_again, cosine, crd, dkd, ensemble, fitnet, kd, pkt, rkd, scratch  # noqa: F401
-from .base import METHODS, Method, NoOptions, build_method, check_distill, register_method
+from . import (  # noqa: F401
+    attention,
+    born_again,
+    cosine,
+    crd,
+    dkd,
+    ensemble,
+    fitnet,
+    kd,
+    pkt,
+    rkd,
+    scratch,
+)
+from .base import (
+    METHODS,
+    Method,
+    NoOptions,
+    build_method,
+    check_distill,
+    register_method,
+)
 
 __all__ = ["METHODS", "Method", "NoOptions", "build_method", "check_distill", "register_method"]

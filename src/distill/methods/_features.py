@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..batch import inputs_of, labels_of
+from ..batch import feature_mask, inputs_of, labels_of, token_mask
 from ..features import FeatureTap, forward_with_features
 from ..losses import hard_loss, kd_loss
 from ..pairing import Pair, build_projector, propose_pairs, teacher_model
@@ -99,11 +99,12 @@ def combine(method: Any, tapped: Tapped, batch: Any, feature: torch.Tensor) -> d
     o = method.options
     labels = labels_of(batch)
     s = tapped.student_logits
-    ce = hard_loss(s, labels)
+    mask = token_mask(batch, s)  # (B, T) for sequence logits, else None
+    ce = hard_loss(s, labels, mask=mask)
     loss = o.ce_weight * ce + o.feature_weight * feature
     out = {"hard": ce.detach(), "feature": feature.detach()}
     if o.kd_weight > 0:
-        soft = kd_loss(s, tapped.teacher_logits, temperature=method.temperature)
+        soft = kd_loss(s, tapped.teacher_logits, temperature=method.temperature, mask=mask)
         loss = loss + o.kd_weight * soft
         out["soft"] = soft.detach()
     return {"loss": loss, **out}
@@ -121,12 +122,13 @@ def pairwise_method(
     *,
     mode: str,
     select: str,
-    pair_loss: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+    pair_loss: Callable[[torch.Tensor, torch.Tensor, Any, torch.Tensor | None], torch.Tensor],
     reduction: Literal["sum", "mean"],
     doc: str | None = None,
 ) -> type[Method]:
     """Build and register a feature method whose feature term is `reduction_pairs pair_loss(student_f, teacher_f,
-    options)` (sum or mean over the pairs).
+    options, mask)` (sum or mean over the pairs; `mask` is `batch.feature_mask` of the teacher feature: the real
+    tokens `(B, T)` of hidden states, None for images and vectors).
 
     `mode`/`select` choose the pairing (`pairing.propose_pairs`); the loss is combined with CE and KD by `combine`.
     One call per method file keeps each method a docstring, an options model and this line.
@@ -140,7 +142,8 @@ def pairwise_method(
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         f = self.bridge.run(self.student, self.teacher, batch)
-        feature = over_pairs([pair_loss(s, t, self.options) for s, t in zip(f.student, f.teacher)], reduction)
+        losses = [pair_loss(s, t, self.options, feature_mask(batch, t)) for s, t in zip(f.student, f.teacher)]
+        feature = over_pairs(losses, reduction)
         return combine(self, f, batch, feature)
 
     attrs = {"runs_teacher_models": True, "uses": frozenset({"temperature"}), "Options": options, "method_name": name,

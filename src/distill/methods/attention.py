@@ -25,4 +25,4 @@ class AttentionOptions(FeatureOptions):
 
 
 Attention = pairwise_method("attention", AttentionOptions, mode="attention", select="all", reduction="sum",
-                            doc=__doc__, pair_loss=lambda s, t, o: attention_loss(s, t, p=o.p))
+                            doc=__doc__, pair_loss=lambda s, t, o, mask: attention_loss(s, t, p=o.p, mask=mask))

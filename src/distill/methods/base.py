@@ -127,7 +127,7 @@ def check_distill(cfg: DistillConfig) -> None:
         reads = ", ".join(f"distill.{k}" for k in sorted(cls.uses)) or "neither"
         raise DistillError(
             f"distill.{key} is set to {getattr(cfg, key)} but method {cfg.method!r} does not use it (it reads {reads}); "
-            f"remove distill.{key} from the recipe (or --set distill.{key}=null)"
+            f"leave it out (recipe: remove distill.{key} or --set distill.{key}=null; Python: don't pass {key}=)"
         )
     try:
         cls.Options(**cfg.options)

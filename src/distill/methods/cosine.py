@@ -10,4 +10,4 @@ from ._features import FeatureOptions, pairwise_method
 
 Cosine = pairwise_method("cosine", FeatureOptions, mode="project", select="all", reduction="mean",
                          doc=__doc__,
-                         pair_loss=lambda s, t, o: cosine_loss(s, t))
+                         pair_loss=lambda s, t, o, mask: cosine_loss(s, t, mask=mask))

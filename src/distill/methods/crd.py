@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..batch import index_of
+from ..batch import feature_mask, index_of
 from ..errors import DistillError
 from ..losses import as_vectors, crd_loss
 from ._features import FeatureOptions, _device_of, build_bridge, check_features, combine
@@ -117,8 +117,9 @@ class CRD(Method):
         if index is None:
             raise DistillError("crd needs batches with an 'index' key (dataset position of each example)")
         f = self.bridge.run(self.student, self.teacher, batch)
-        s = F.normalize(self.embed_s(as_vectors(f.student[0])), dim=1)  # (B, D)
-        t = F.normalize(self.embed_t(as_vectors(f.teacher[0])), dim=1)  # (B, D)
+        mask = feature_mask(batch, f.teacher[0])  # (B, T) real tokens of hidden states; None otherwise
+        s = F.normalize(self.embed_s(as_vectors(f.student[0], mask)), dim=1)  # (B, D), pooled over real tokens
+        t = F.normalize(self.embed_t(as_vectors(f.teacher[0], mask)), dim=1)  # (B, D)
         index = index.long().to(s.device)  # (B,)
         size = self.bank_s.shape[0]
         if bool(((index < 0) | (index >= size)).any()):

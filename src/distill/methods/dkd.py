@@ -10,9 +10,8 @@ step skipped for a non-finite loss or gradient does not advance the ramp (the tr
 through `on_step`). `warmup: 0` turns the warm-up off.
 
 The target class is the label; for unlabelled rows (label -100) of `(B, C)` logits the teacher's top class stands in.
-Sequence logits `(B, T, C)` are flattened to rows of positions; there label -100 marks a position that is not a
-prediction (padding, prompt) and is left out, and without labels the batch's `attention_mask` (if any) chooses the
-positions. `standardize: true` applies logit standardisation (Sun et al. 2024) to both sides first.
+Sequence logits `(B, T, C)` are flattened to rows of positions; only real tokens count (`batch.token_mask`: the
+batch's `attention_mask`, and with per-position labels, label != -100), in every term. `standardize: true` applies logit standardisation (Sun et al. 2024) to both sides first.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..batch import forward_logits, inputs_of, labels_of
+from ..batch import forward_logits, inputs_of, labels_of, token_mask
 from ..errors import DistillError
 from ..losses import IGNORE_INDEX, dkd_parts, hard_loss, standardize_logits
 from .base import Method, register_method
@@ -78,7 +77,7 @@ class DKD(Method):
         teacher = self.teacher(batch)  # same shape, detached
         labels = labels_of(batch)
         target = teacher.argmax(-1)  # (B,) or (B, T)
-        mask = None
+        mask = token_mask(batch, student)  # (B, T): real tokens with a label (if labelled); None for (B, C)
         if labels is not None:
             labels = labels.to(target.device).long()
             if labels.shape != target.shape:
@@ -86,17 +85,13 @@ class DKD(Method):
                     f"dkd: labels of shape {tuple(labels.shape)} do not match logits of shape {tuple(student.shape)}; "
                     "give one class index per row (or per position for sequence logits)"
                 )
-            if student.ndim > 2:
-                mask = labels != IGNORE_INDEX  # (B, T): positions that are predictions
             target = torch.where(labels == IGNORE_INDEX, target, labels)
-        elif student.ndim > 2 and isinstance(batch, dict) and batch.get("attention_mask") is not None:
-            mask = batch["attention_mask"].to(target.device).bool()
         s, t = (standardize_logits(student), standardize_logits(teacher)) if o.standardize else (student, teacher)
         tckd, nckd = dkd_parts(s, t, target, temperature=self.temperature, mask=mask)
         w = self.ramp() if self.training else 1.0
         if self.training:
             self.steps_seen += 1  # the loop resets it to the true update count before the next step
-        hard = hard_loss(student, labels)
+        hard = hard_loss(student, labels, mask=mask)
         loss = o.ce_weight * hard + w * (o.dkd_alpha * tckd + o.dkd_beta * nckd)
         return {"loss": loss, "hard": hard.detach(), "tckd": tckd.detach(), "nckd": nckd.detach(),
                 "dkd_weight": torch.tensor(w, device=loss.device)}

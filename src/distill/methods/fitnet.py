@@ -21,4 +21,4 @@ class FitNetOptions(FeatureOptions):
 
 
 FitNet = pairwise_method("fitnet", FitNetOptions, mode="project", select="middle", reduction="sum", doc=__doc__,
-                         pair_loss=lambda s, t, o: hint_loss(s, t))
+                         pair_loss=lambda s, t, o, mask: hint_loss(s, t, mask=mask))

@@ -19,9 +19,15 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from ..batch import forward_logits, inputs_of, labels_of
+from ..batch import forward_logits, inputs_of, labels_of, token_mask
 from ..errors import DistillError
-from ..losses import binary_hard_loss, binary_kd_loss, hard_loss, kd_loss, standardize_logits
+from ..losses import (
+    binary_hard_loss,
+    binary_kd_loss,
+    hard_loss,
+    kd_loss,
+    standardize_logits,
+)
 from .base import Method, register_method
 
 
@@ -45,19 +51,21 @@ class KD(Method):
         student = forward_logits(self.student, inputs_of(batch))  # (B, C) or (B, T, V)
         teacher = self.teacher(batch)  # same shape, detached
         labels = labels_of(batch)
+        mask = token_mask(batch, student)  # (B, T) real tokens of sequence logits; None for (B, C)
         if self.options.sigmoid:
             if labels is not None and labels.shape != student.shape:
                 raise DistillError(
                     f"kd with sigmoid: true needs multi-hot labels shaped like the logits {tuple(student.shape)}, "
                     f"got {tuple(labels.shape)}; give (B, C) 0/1 labels or drop distill.options.sigmoid"
                 )
-            soft = binary_kd_loss(student, teacher, temperature=self.temperature)
-            hard = binary_hard_loss(student, labels)
+            soft = binary_kd_loss(student, teacher, temperature=self.temperature, mask=mask)
+            hard = binary_hard_loss(student, labels, mask=mask)
         else:
             if self.options.standardize:
-                soft = kd_loss(standardize_logits(student), standardize_logits(teacher), temperature=self.temperature)
+                soft = kd_loss(standardize_logits(student), standardize_logits(teacher), temperature=self.temperature,
+                               mask=mask)
             else:
-                soft = kd_loss(student, teacher, temperature=self.temperature)
-            hard = hard_loss(student, labels)
+                soft = kd_loss(student, teacher, temperature=self.temperature, mask=mask)
+            hard = hard_loss(student, labels, mask=mask)
         loss = self.alpha * soft + (1.0 - self.alpha) * hard
         return {"loss": loss, "soft": soft.detach(), "hard": hard.detach()}

@@ -15,4 +15,4 @@ class PKTOptions(FeatureOptions):
 
 
 PKT = pairwise_method("pkt", PKTOptions, mode="relation", select="last", reduction="mean", doc=__doc__,
-                      pair_loss=lambda s, t, o: pkt_loss(s, t))
+                      pair_loss=lambda s, t, o, mask: pkt_loss(s, t, mask=mask))

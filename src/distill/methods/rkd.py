@@ -17,5 +17,6 @@ class RKDOptions(FeatureOptions):
 
 RKD = pairwise_method(
     "rkd", RKDOptions, mode="relation", select="last", reduction="mean", doc=__doc__,
-    pair_loss=lambda s, t, o: rkd_loss(s, t, distance_weight=o.distance_weight, angle_weight=o.angle_weight),
+    pair_loss=lambda s, t, o, mask: rkd_loss(s, t, distance_weight=o.distance_weight, angle_weight=o.angle_weight,
+                                             mask=mask),
 )

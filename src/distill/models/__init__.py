@@ -13,8 +13,9 @@ from torch import nn
 
 from ..errors import DistillError
 from ..imports import is_import_path, resolve
-from . import cnn, mlp, pretrained  # noqa: F401  (fill the registry)
+from . import cnn, hf, mlp, pretrained  # noqa: F401  (fill the registry)
 from ._registry import MODELS, register_model
+
 
 def create_model(name: str, *, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
     """Build a registered model, or call a user factory `package.module:function(**kwargs)`."""

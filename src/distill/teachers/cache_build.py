@@ -19,8 +19,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..augment import AugmentConfig, Augmented
 from ..errors import DistillError
-from .cache import (DENSE_FILES, LOGP_FLOOR, MANIFEST, TOPK_FILES, CachedTeacher, data_fingerprint, fidelity,
-                    read_manifest, sha256_file, teacher_fingerprint, text_hash, write_manifest)
+from .cache import (
+    DENSE_FILES,
+    LOGP_FLOOR,
+    MANIFEST,
+    TOPK_FILES,
+    CachedTeacher,
+    data_fingerprint,
+    fidelity,
+    read_manifest,
+    sha256_file,
+    teacher_fingerprint,
+    text_hash,
+    write_manifest,
+)
 from .live import LiveTeacher
 
 

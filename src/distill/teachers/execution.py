@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batch import forward_logits, logits_of
+
 EXACT_TOL = 1e-5
 MAX_COPY_SHARE = 0.25  # weights above this share of available memory: one extra copy at a time
 # The least a compile has taken on this project's 2-core CPU (the bench teacher, 356k params, warm inductor cache:
@@ -125,8 +127,6 @@ def _fold_conv_bn(model: nn.Module) -> nn.Module:
 
 
 def _channels_last(model: nn.Module, fold: bool) -> Run:
-    from ..batch import forward_logits
-
     cl = torch.channels_last
     net = (_fold_conv_bn(model) if fold else copy.deepcopy(model)).to(memory_format=cl)
     return lambda b: forward_logits(net, with_memory_format(b, cl))
@@ -142,8 +142,6 @@ def build_compiled(model: nn.Module, inputs: Any, *, channels_last: bool = True)
     batch never triggers a recompile. `channels_last`: compile a channels_last copy fed channels_last inputs (on the
     bench teacher, 1 thread: 2.8x eager against 1.7x for the model as given); else the model itself is wrapped, not
     modified, and its frozen constants are the only copy."""
-    from ..batch import forward_logits, logits_of
-
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = copy.deepcopy(model).to(memory_format=fmt) if channels_last else model
     key = _signature(with_memory_format(image_tensor(inputs), fmt))
@@ -217,8 +215,6 @@ def choose_execution(
     plus the copy plan (`memory`), the compile decision (`compile`) and bf16 fidelity when autocast is on.
     `prefer`: the execution this run chose before — rebuilt and used if still exact (a resume replays the same float
     arithmetic, bit for bit). `expected_calls`: how many batches this teacher will serve (None: unknown)."""
-    from ..batch import forward_logits
-
     eager: Run = lambda b: forward_logits(model, b)  # noqa: E731
     record: dict[str, Any] = {"execution": "eager", "speedup": 1.0, "expected_calls": expected_calls}
     conv = any(isinstance(m, (nn.Conv2d, nn.Conv3d)) for m in model.modules())
@@ -348,8 +344,6 @@ def _with_fidelity(record: dict[str, Any], model: nn.Module, inputs: Any, autoca
     x = image_tensor(inputs) if image_tensor(inputs) is not None else inputs
     if autocast is None or not isinstance(x, torch.Tensor):
         return record
-    from ..batch import forward_logits
-
     device = x.device.type
     ref = forward_logits(model, inputs).float()
     with torch.autocast(device_type=device, dtype=autocast):
