@@ -61,6 +61,17 @@ def reads(path):
 
 def three_classes(**kwargs):
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+
+class _NoWeights(torch.nn.Module):  # 10 logits from the 64 pixels, and no weight matrix to quantize or prune
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x.flatten(1)[:, :10] * self.scale
+
+def no_weights(**kwargs):
+    return _NoWeights()
 '''
 
 
@@ -332,6 +343,15 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
      "runs its teacher models live"),
     ("cache-cmd-bad-topk", lambda t: cache_cmd(t, "--out", str(t / "c"), "--storage", "topk", "--topk", "10"),
      "topk must be between"),
+    ("seeds-empty", with_sets("train.seeds=[]"), "train.seeds: Value error, list at least one seed"),
+    ("seeds-repeated", with_sets("train.seeds=[0, 1, 0]"), "seed 0 is listed more than once"),
+    ("seeds-negative", with_sets("train.seeds=[-1]"), "seeds must be in [0, 2**32)"),
+    ("variant-unknown", with_sets("compress.variants=[teacher_fp16]"), "unknown variant 'teacher_fp16'"),
+    ("variant-prune-100", with_sets("compress.variants=[teacher_pruned_100]"), "must be a percentage in (0, 100)"),
+    ("variant-prune-0", with_sets("compress.variants=[student_channels_0]"), "must be a percentage in (0, 100)"),
+    ("variant-int8-without-weights", with_sets("student.name=bad_inputs_factories:no_weights",
+                                               "compress.variants=[student_int8]"), "no Linear or Conv layer to quantize"),
+    ("variant-repeated", with_sets("compress.variants=[teacher_int8, teacher_int8]"), "listed more than once"),
 ]
 
 

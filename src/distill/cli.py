@@ -30,11 +30,17 @@ def _table(run_dir: Path) -> Table:
         table.add_column(col, justify="right" if col != "model" else "left")
     for name, m in report["models"].items():
         table.add_row(
-            name, f"{100 * m['accuracy']:.2f}%", f"{100 * m['agreement']:.1f}%", f"{m['kl_to_teacher']:.3f}",
+            name, f"{100 * m['accuracy']:.2f}%{_ci_points(m)}", f"{100 * m['agreement']:.1f}%", f"{m['kl_to_teacher']:.3f}",
             f"{m['ece']:.3f}", f"{m['params']:,}", f"{m['size_bytes'] / 1024:.1f} KiB",
             f"{m['latency_ms_p50']:.3f}", f"{m['latency_ms_p95']:.3f}", f"{m.get('throughput_per_s', 0):,.0f}",
         )
     return table
+
+
+def _ci_points(row: dict) -> str:
+    """` ± x.xx` (half the 95% CI of the accuracy, in points) for a row that is a mean over `train.seeds`."""
+    ci = (row.get("ci95") or {}).get("accuracy")
+    return f" ± {50 * (ci[1] - ci[0]):.2f}" if ci else ""
 
 
 def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite: bool, progress: bool,
@@ -54,7 +60,7 @@ def _run(recipe_path: Path, out: Optional[Path], overrides: list[str], overwrite
         return
     console.print(_table(run_dir))
     report = load_report(run_dir)
-    console.print(verdict(report["models"], report["dataset"]["test_size"], recipe.seed))
+    console.print(verdict(report["models"], report["dataset"]["test_size"], recipe.seed, gain=report.get("gain")))
     console.print(f"report: {run_dir / 'report.html'}")
     console.print(f"wall time: {time.perf_counter() - started:.1f} s")
 

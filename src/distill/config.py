@@ -1,12 +1,13 @@
 """Recipes: YAML validated by pydantic (unknown keys rejected), with dotted overrides `--set distill.temperature=8`.
 
-A recipe has the sections `name, seed, data, teacher, student, distill, train, eval`. Models and datasets are named by
+A recipe has the sections `name, seed, data, teacher, student, distill, train, eval` and optionally `compress`. Models and datasets are named by
 registry name or by `package.module:function`; nothing in YAML executes code (only `yaml.safe_load`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +122,23 @@ class TrainConfig(Strict):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     checkpoint_every: int | None = Field(default=None, ge=1)
     channels_last: bool = True  # conv weights in NHWC memory format (CPU: 1.3-1.6x faster conv steps, bench/speed.py)
+    # train the students (alone and distilled) once per seed; the report gives mean ± 95% CI and the paired gain.
+    # None: one student pair on the recipe's `seed`, as before. The recipe's `seed` still fixes data and teacher.
+    seeds: list[int] | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("list at least one seed, e.g. [0, 1, 2] (or remove train.seeds to use the recipe's seed)")
+        if any(s < 0 or s >= 2**32 for s in v):
+            raise ValueError("seeds must be in [0, 2**32)")
+        repeated = sorted({s for s in v if v.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed more than once; list each seed once")
+        return v
 
 
 class EvalConfig(Strict):
@@ -138,6 +156,36 @@ class EvalConfig(Strict):
         return v
 
 
+VARIANT = re.compile(r"^(teacher|student)_(onnx|int8|pruned_(\d+)|channels_(\d+))$")
+
+
+class CompressConfig(Strict):
+    """Recipe section `compress:`: compressed variants evaluated beside teacher and students, in the same table.
+    `<model>_<kind>` with model `teacher` or `student` (the distilled student; per seed under `train.seeds`) and kind
+    `onnx` (ONNX Runtime fp32), `int8` (ONNX Runtime int8: dynamic for linear-only models, static QDQ calibrated on
+    training examples for conv models), `pruned_<pct>` (global magnitude pruning, weights zeroed, dense kernels) or
+    `channels_<pct>` (structured channel pruning with torch-pruning: smaller dense layers). See `distill.variants`."""
+
+    variants: list[str] = Field(default_factory=list)
+
+    @field_validator("variants")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:
+            found = VARIANT.match(name)
+            if not found:
+                raise ValueError(f"unknown variant {name!r}; use <teacher|student>_<onnx|int8|pruned_PCT|channels_PCT>, "
+                                 "e.g. teacher_int8 or teacher_pruned_50")
+            pct = found.group(3) or found.group(4)
+            if pct is not None and not 0 < int(pct) < 100:
+                raise ValueError(f"pruning amount in {name!r} must be a percentage in (0, 100), e.g. {found.group(1)}_"
+                                 f"{found.group(2).split('_')[0]}_50")
+        repeated = sorted({n for n in v if v.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variant {repeated[0]!r} is listed more than once; list each variant once")
+        return v
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(default=0, ge=0, lt=2**32)  # numpy's seed range
@@ -148,6 +196,7 @@ class Recipe(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)  # seeded, replayable views (augment.py)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    compress: CompressConfig | None = None  # compressed variants in the report (None: none, as before)
 
 
 def one_line(exc: ValidationError) -> str:

@@ -49,6 +49,8 @@ from .models import create_model
 from .models.pretrained import is_pretrained
 from .recipe import dump_recipe
 from .report import render
+from .seeds import combine, fresh_student, student_seeds, tag
+from . import variants
 from .teachers import CachedTeacher, LiveTeacher, freeze
 from .teachers.cache_build import cache_keys
 
@@ -134,6 +136,7 @@ def prepare(recipe: Recipe) -> Prepared:
             "distill.teacher_precision (they apply to kd-style methods that learn from the recipe's teacher source)"
         )
     method_cls.check(student, teacher, batch, recipe.distill.options, extra=extra)  # e.g. layer paths and pairing, before any write
+    variants.check(recipe, teacher, student, batch)  # compress.variants: packages, input type, weight layers
     return Prepared(recipe, data, teacher, student, extra, _open_cache(recipe, data, teacher))
 
 
@@ -240,11 +243,12 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
 
     val = student_validation(val_loader, acc.device)
 
-    def train(name: str, method: nn.Module, **kw: Any) -> dict[str, Any]:
-        set_seed(r.seed)  # same seed, same data order, same dropout draws for every phase
+    def train(name: str, method: nn.Module, seed: int = r.seed, **kw: Any) -> dict[str, Any]:
+        set_seed(seed)  # same seed, same data order, same dropout draws for every phase of a seed
         train_set = data.teacher_train if name.startswith("teacher") else data.train
+        # the views stay those of the recipe's seed (an offline teacher cache is built against them)
         train_set = augmented(train_set, r.augment, r.seed, mix=name.startswith("distilled"))  # mixing needs a teacher
-        loader = _loader(train_set, r.data.batch_size, shuffle=True, seed=r.seed, workers=r.data.num_workers)
+        loader = _loader(train_set, r.data.batch_size, shuffle=True, seed=seed, workers=r.data.num_workers)
         return fit(method, loader, r.train, accelerator=acc, phase=name, log=log, evaluate=val, progress=progress,
                    checkpointer=ckpt, **kw)
 
@@ -269,35 +273,42 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
             epochs, lr = cfg.epochs or r.teacher.epochs, cfg.lr or r.teacher.lr
             phases[f"teacher.{i}"] = train(f"teacher.{i}", build_method("scratch", model, None), epochs=epochs, lr=lr)
         extra.append(freeze(acc.unwrap_model(model)))
-    students: dict[str, nn.Module] = {}
-    scratch = build_method("scratch", copy.deepcopy(p.student_init), None)
-    phases["scratch"] = train("scratch", scratch)
-    students["scratch"] = acc.unwrap_model(scratch).student
-    if acc.is_main_process:
-        save_weights(students["scratch"], run_dir / "checkpoints" / "scratch.safetensors")
-
-    def train_and_save(name: str, method: nn.Module) -> dict[str, Any]:
-        summary = train(name, method)
-        if acc.is_main_process:  # every generation's student, for the report and for resume
-            save_weights(acc.unwrap_model(method).student, run_dir / "checkpoints" / f"{name}.safetensors")
-        return summary
-
     source = _source(p, teacher, run_dir, acc) if cls.needs_teacher else None
-    models = {"teacher": teacher, "extra": extra, "previous": students["scratch"], "source": source}
-    final, distilled, _ = run_generations(
-        r.distill.method, student_init=p.student_init, models=models, temperature=temperature,
-        alpha=r.distill.alpha, options=opts, train=train_and_save, unwrap=acc.unwrap_model,
-    )
-    phases.update(distilled)
-    students["distilled"] = final
+    students: dict[str, nn.Module] = {}
+    for seed in student_seeds(r):  # [None] without train.seeds: phases `scratch`, `distilled` on the recipe's seed
+        init = p.student_init if seed is None else fresh_student(r, data, seed)
+
+        def train_and_save(name: str, method: nn.Module, suffix: str = tag(seed),
+                           run_seed: int = r.seed if seed is None else seed) -> dict[str, Any]:
+            summary = train(name + suffix, method, seed=run_seed)
+            if acc.is_main_process:  # every student, for the report and for resume
+                save_weights(acc.unwrap_model(method).student, run_dir / "checkpoints" / f"{name}{suffix}.safetensors")
+            return summary
+
+        scratch = build_method("scratch", copy.deepcopy(init), None)
+        phases[f"scratch{tag(seed)}"] = train_and_save("scratch", scratch)
+        students[f"scratch{tag(seed)}"] = acc.unwrap_model(scratch).student
+        models = {"teacher": teacher, "extra": extra, "previous": students[f"scratch{tag(seed)}"], "source": source}
+        final, distilled, _ = run_generations(
+            r.distill.method, student_init=init, models=models, temperature=temperature,
+            alpha=r.distill.alpha, options=opts, train=train_and_save, unwrap=acc.unwrap_model,
+        )
+        phases.update({name + tag(seed): summary for name, summary in distilled.items()})
+        students[f"distilled{tag(seed)}"] = final
 
     if acc.is_main_process:
-        save_weights(students["distilled"], run_dir / "student.safetensors")
-        report = evaluate_models({"teacher": teacher, **students}, p, acc.device)
+        save_weights(students[f"distilled{tag(student_seeds(r)[0])}"], run_dir / "student.safetensors")
+        distilled_students = {k: m for k, m in students.items() if k.partition("@")[0] == "distilled"}
+        built = variants.build(r, data, teacher, distilled_students, run_dir / "variants")
+        report = evaluate_models({"teacher": teacher, **students, **{k: v.model for k, v in built.items()}}, p, acc.device)
+        for name, variant in built.items():  # ONNX files: their size on disk and the source's parameter count
+            report["models"][name].update(variant.info)
+        if r.train.seeds:  # mean ± 95% CI per column, and the paired gain
+            report.update(combine(report["models"], r.train.seeds))
         report["phases"] = phases
         report["diagnostics"] = diagnostics
         report["explorer"]["chosen_temperature"] = temperature
-        report["recipe"] = {"name": r.name, "seed": r.seed, "method": r.distill.method,
+        report["recipe"] = {"name": r.name, "seed": r.seed, "seeds": r.train.seeds, "method": r.distill.method,
                             "temperature": temperature, "temperature_auto": r.distill.temperature == "auto", "alpha": r.distill.alpha,
                             "labelled_fraction": r.data.labelled_fraction}
         tmp = run_dir / ".report.json.tmp"

@@ -48,10 +48,14 @@ def load_report(run_dir: str | Path) -> dict[str, Any]:
     return report
 
 
-def verdict(models: dict[str, dict[str, Any]], test_size: int | None, seed: Any) -> str:
-    """One honest sentence: did distillation beat the student trained alone, by how much, and how big is noise."""
+def verdict(models: dict[str, dict[str, Any]], test_size: int | None, seed: Any,
+            gain: dict[str, Any] | None = None) -> str:
+    """One honest sentence: did distillation beat the student trained alone, by how much, and how big is noise.
+    `gain` (report.json's, from `train.seeds`): the paired per-seed gain, its 95% CI and p-value decide the sentence."""
     if "distilled" not in models or "scratch" not in models:
         return ""
+    if gain and gain.get("n", 0) >= 2:
+        return _verdict_over_seeds(models, gain)
     d, s = models["distilled"].get("accuracy"), models["scratch"].get("accuracy")
     if d is None or s is None:
         return ""
@@ -64,6 +68,18 @@ def verdict(models: dict[str, dict[str, Any]], test_size: int | None, seed: Any)
     else:
         head = f"Distillation did NOT beat the student trained alone: {diff:+.2f} points ({100 * d:.2f}% vs {100 * s:.2f}%)"
     return f"{head} on seed {seed}.{unit} A single seed is one draw; compare several before trusting a gap of a point or two."
+
+
+def _verdict_over_seeds(models: dict[str, dict[str, Any]], gain: dict[str, Any]) -> str:
+    n, mean, lo, hi, p = gain["n"], 100 * gain["mean"], 100 * gain["lo"], 100 * gain["hi"], gain["p"]
+    d, s = 100 * models["distilled"]["accuracy"], 100 * models["scratch"]["accuracy"]
+    numbers = f"{mean:+.2f} points on average ({d:.2f}% vs {s:.2f}%; paired 95% CI {lo:+.2f} to {hi:+.2f}, p = {p:.3g})"
+    if gain["significant"] and mean > 0:
+        return f"Over {n} seeds, distillation beat the student trained alone by {numbers}: the gain is significant."
+    if gain["significant"]:
+        return f"Over {n} seeds, distillation did NOT beat the student trained alone: {numbers}; it is significantly worse."
+    return (f"Over {n} seeds, distillation did not significantly change the student trained alone: {numbers}; "
+            "the interval includes 0, so more seeds or a larger test set are needed to tell.")
 
 
 def _png(fig: Any, path: Path) -> str:
@@ -92,7 +108,8 @@ def render(run_dir: str | Path) -> Path:
     if report.get("explorer", {}).get("examples"):
         explorer = {**report["explorer"], "per_temperature": report.get("diagnostics", {}).get("per_temperature", [])}
         images["explorer"] = _png(plots.temperature_explorer(explorer), plot_dir / "temperature_explorer.png")
-    text = verdict(models, report.get("dataset", {}).get("test_size"), report.get("recipe", {}).get("seed"))
+    text = verdict(models, report.get("dataset", {}).get("test_size"), report.get("recipe", {}).get("seed"),
+                   gain=report.get("gain"))
     out = run_dir / "report.html"
     tmp = run_dir / ".report.html.tmp"
     tmp.write_text(page(report, images, text, html.escape(config)), encoding="utf-8")

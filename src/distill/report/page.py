@@ -23,7 +23,7 @@ h1{margin-bottom:.2em} .sub{color:#666;margin-top:0}
 .cards{display:flex;gap:1em;flex-wrap:wrap;margin:1.2em 0}
 .card{flex:1;min-width:180px;border:1px solid #ddd;border-radius:8px;padding:.8em 1em;background:#fafafa}
 .card .big{font-size:1.8em;font-weight:600} .card .lbl{color:#666;font-size:.9em}
-.good{color:#2a7a3b} .bad{color:#b23b3b}
+.ci{color:#777;font-size:.85em} .good{color:#2a7a3b} .bad{color:#b23b3b}
 .verdict{padding:.8em 1em;border-left:5px solid #4c72b0;background:#f1f5fb;margin:1em 0}
 table{border-collapse:collapse;width:100%;font-size:.92em} th,td{padding:.4em .6em;border-bottom:1px solid #e4e4e4;text-align:right}
 th:first-child,td:first-child{text-align:left} th{background:#f4f4f4}
@@ -39,13 +39,43 @@ def human_bytes(n: float) -> str:
     return f"{n}"
 
 
+def _cell(m: dict[str, Any], key: str, fmt: Any) -> str:
+    """The value, and ± the half-width of its 95% CI when the row is a mean over seeds (`ci95`) with any spread."""
+    if m.get(key) is None:
+        return "—"
+    ci = (m.get("ci95") or {}).get(key)
+    if not ci or ci[1] - ci[0] <= 0:
+        return html.escape(fmt(m[key]))
+    return f'{html.escape(fmt(m[key]))}<span class="ci"> ± {html.escape(fmt((ci[1] - ci[0]) / 2))}</span>'
+
+
 def _table(models: dict[str, dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in COLUMNS)
     rows = []
     for name, m in models.items():
-        cells = "".join(f"<td>{fmt(m[key]) if m.get(key) is not None else '—'}</td>" for key, _, fmt in COLUMNS)
-        rows.append(f"<tr><td><b>{html.escape(name)}</b></td>{cells}</tr>")
+        cells = "".join(f"<td>{_cell(m, key, fmt)}</td>" for key, _, fmt in COLUMNS)
+        seeds = f' <span class="ci">({m["n_seeds"]} seeds)</span>' if m.get("n_seeds") else ""
+        note = f'<br><span class="ci">{html.escape(m["note"])}</span>' if m.get("note") else ""  # compressed variants
+        rows.append(f"<tr><td><b>{html.escape(name)}</b>{seeds}{note}</td>{cells}</tr>")
     return f"<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def seeds_section(report: dict[str, Any]) -> str:
+    """With `train.seeds`: how the means were formed, and the paired gain seed by seed."""
+    gain, seeds = report.get("gain"), report.get("seeds")
+    if not gain or not seeds:
+        return ""
+    per = "".join(f"<tr><td>{s}</td><td>{100 * report['models']['scratch']['per_seed'][str(s)]['accuracy']:.2f}%</td>"
+                  f"<td>{100 * report['models']['distilled']['per_seed'][str(s)]['accuracy']:.2f}%</td>"
+                  f"<td>{100 * g:+.2f}</td></tr>" for s, g in zip(seeds, gain["per_seed"]))
+    ci = "" if gain.get("lo") is None else (f"; 95% CI {100 * gain['lo']:+.2f} to {100 * gain['hi']:+.2f}, "
+                                            f"t = {gain['t']:.2f}, p = {gain['p']:.3g}")
+    return (f"<h2>Seeds</h2><p>The students (alone and distilled) were trained once per seed ({len(seeds)} seeds); "
+            "each seed's pair starts from the same initial weights and sees the same data order, so the gain is paired. "
+            "The teacher was trained once. Table values are means; ± is the half-width of the 95% t-interval of the "
+            f"mean. Paired gain in accuracy points: {100 * gain['mean']:+.2f}{ci}.</p>"
+            "<table><tr><th>seed</th><th>student alone</th><th>distilled</th><th>gain (points)</th></tr>"
+            f"{per}</table>")
 
 
 def _cards(models: dict[str, dict[str, Any]]) -> str:
@@ -111,7 +141,8 @@ def page(report: dict[str, Any], images: dict[str, str], verdict: str, config_es
     title = f"distill report — {recipe.get('name', 'run')}"
     sub = (f"dataset {ds.get('name', '?')} ({ds.get('train_size', '?')} train / {ds.get('test_size', '?')} test) · "
            f"method {recipe.get('method', '?')} · T={recipe.get('temperature', '?')} · alpha={recipe.get('alpha', '?')} · "
-           f"seed {recipe.get('seed', '?')}")
+           + (f"seeds {', '.join(map(str, recipe['seeds']))} (students), seed {recipe.get('seed', '?')} (data, teacher)"
+              if recipe.get("seeds") else f"seed {recipe.get('seed', '?')}"))
     frac = recipe.get("labelled_fraction", 1.0)
     if frac is not None and frac < 1.0:
         sub += (f" · students saw labels on {100 * frac:.0f}% of the training set and the teacher's soft targets on all"
@@ -133,6 +164,7 @@ teacher's most confident test example to its least; H is the entropy in nats.</p
 {_cards(models)}
 <div class="verdict">{html.escape(verdict)}</div>
 <h2>Models</h2>{_table(models)}<p class="sub">{html.escape(speed_note)}</p>
+{seeds_section(report)}
 <h2>What you gain and what you lose</h2>{_img(images, 'tradeoffs')}
 <h2>Training</h2>{_img(images, 'curves')}
 <h2>Calibration</h2><p>Bars: accuracy within each confidence bin; a calibrated model's bars follow the diagonal.</p>

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -15,7 +16,8 @@ COLORS = {"teacher": "#4c72b0", "scratch": "#dd8452", "distilled": "#55a868"}
 
 
 def color(name: str, i: int = 0) -> str:
-    return COLORS.get(name, plt.get_cmap("tab10")(i % 10))
+    """A model's colour; a per-seed phase (`scratch@1`) takes its model's."""
+    return COLORS.get(name.split("@")[0], plt.get_cmap("tab10")(i % 10))
 
 
 def training_curves(records: list[dict[str, Any]]) -> Figure:
@@ -41,22 +43,61 @@ def training_curves(records: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+MARKERS = "osD^vP*Xhp<>"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both cost (x, lower is better) and accuracy (y, higher is better),
+    sorted by cost: the curve a user picks from."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
 def tradeoffs(models: dict[str, dict[str, Any]]) -> Figure:
-    """Accuracy against size (parameters, log scale) and against batch-1 latency."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, key, label in ((axes[0], "params", "parameters (log scale)"), (axes[1], "latency_ms_p50", "latency p50, batch 1 (ms)")):
+    """Pareto plots: accuracy against size on disk and against batch-1 latency (log scales), every model and
+    compressed variant, 95% CI error bars over seeds where there are several, the Pareto front dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    handles = {}
+    for ax, key, label, scale in ((axes[0], "size_bytes", "size on disk, KiB (log scale)", 1024),
+                                  (axes[1], "latency_ms_p50", "latency p50, batch 1, ms (log scale)", 1)):
+        points = []
         for i, (name, m) in enumerate(models.items()):
-            if m.get(key) is None or m.get("accuracy") is None:
+            if not m.get(key) or m.get("accuracy") is None:
                 continue
-            ax.scatter(m[key], 100 * m["accuracy"], s=70, color=color(name, i), zorder=3)
-            ax.annotate(name, (m[key], 100 * m["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=9)
+            ci = m.get("ci95") or {}
+            x, y = m[key] / scale, 100 * m["accuracy"]
+            yerr = _err(ci.get("accuracy"), m["accuracy"], 100)
+            xerr = _err(ci.get(key), m[key], 1 / scale)
+            if yerr is not None or xerr is not None:  # 95% CI over seeds
+                ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="none", ecolor=color(name, i), capsize=4, zorder=2)
+            handles[name] = ax.scatter(x, y, s=70, color=color(name, i), marker=MARKERS[i % len(MARKERS)], zorder=3,
+                                       label=name)
+            points.append((x, y))
+        front = pareto_front(points)
+        if len(front) > 1:
+            ax.step(*zip(*front), where="post", ls="--", color="#888", lw=1, zorder=1)
         ax.set(xlabel=label, ylabel="test accuracy (%)")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)
-    axes[0].set_xscale("log")
-    axes[0].set_title("Accuracy vs size")
-    axes[1].set_title("Accuracy vs latency")
-    fig.tight_layout()
+    axes[0].set_title("Accuracy vs size on disk")
+    axes[1].set_title("Accuracy vs latency (dashed: Pareto front)")
+    fig.legend(list(handles.values()), list(handles), loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     return fig
+
+
+def _err(ci: list[float] | None, mean: float, scale: float) -> list[list[float]] | None:
+    """An asymmetric error bar `[[below], [above]]` from a `[lo, hi]` interval, or None."""
+    if not ci:
+        return None
+    return [[scale * max(0.0, mean - ci[0])], [scale * max(0.0, ci[1] - mean)]]
 
 
 def reliability_diagrams(models: dict[str, dict[str, Any]]) -> Figure:
