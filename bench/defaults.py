@@ -34,6 +34,7 @@ from distill.methods import build_method
 from distill.models.pretrained import is_pretrained
 from distill.pipeline import _loader, prepare
 from distill.teachers import LiveTeacher, freeze
+from distill.report.stats import t_interval  # noqa: E402
 
 # Each case: the recipe of a user who names teacher, student and data (and a short schedule for this 2-core CPU).
 CASES = {
@@ -101,12 +102,9 @@ def run_case(case: str, seed: int, arms: list[str]) -> None:
 
 
 def _ci(diffs: list[float]) -> tuple[float, float]:
-    """Mean and 95% t half-width of paired differences."""
-    t95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-    m = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return m, math.nan
-    return m, t95.get(len(diffs) - 1, 2.0) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    """Mean and 95% t half-width of paired differences (NaN half-width below 2 values)."""
+    ci = t_interval(diffs)
+    return ci["mean"], math.nan if ci["half"] is None else ci["half"]
 
 
 def summarize(path: Path) -> None:

@@ -40,6 +40,7 @@ import yaml
 
 from distill.pipeline import prepare
 from distill.recipe import load_recipe
+from distill.report.stats import t_interval  # noqa: E402
 
 ARMS = {  # arm -> (run, model in report.json)
     "tuned distilled": ("tuned", "distilled"),
@@ -125,12 +126,9 @@ def runs(tune_dir: Path, work: Path, seeds: list[int], main_runs: bool = True, a
 
 
 def _ci(diffs: list[float]) -> tuple[float, float]:
-    """Mean and 95% t half-width of paired differences."""
-    t95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-    m = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return m, math.nan
-    return m, t95.get(len(diffs) - 1, 2.0) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    """Mean and 95% t half-width of paired differences (NaN half-width below 2 values)."""
+    ci = t_interval(diffs)
+    return ci["mean"], math.nan if ci["half"] is None else ci["half"]
 
 
 def summarize(tune_dir: Path, path: Path) -> None:
