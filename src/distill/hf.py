@@ -32,6 +32,7 @@ from .batch import IGNORE_INDEX, labels_of
 from .config import one_line
 from .errors import DistillError
 from .methods import METHODS, Method, build_method
+from .models.layer_subset import layer_subset_student  # noqa: F401  (part of the HF surface)
 from .teachers import LiveTeacher, freeze
 
 try:
