@@ -32,9 +32,9 @@ from distill.engine.evaluate import accuracy
 from distill.engine.loop import fit
 from distill.methods import build_method
 from distill.models.pretrained import is_pretrained
-from distill.pipeline import _loader, prepare
-from distill.teachers import LiveTeacher, freeze
+from distill.pipeline import data_loader, prepare
 from distill.report.stats import t_interval  # noqa: E402
+from distill.teachers import LiveTeacher, freeze
 
 # Each case: the recipe of a user who names teacher, student and data (and a short schedule for this 2-core CPU).
 CASES = {
@@ -70,12 +70,11 @@ def run_case(case: str, seed: int, arms: list[str]) -> None:
     p = prepare(recipe)
     acc = Accelerator(cpu=True)
     r, data = p.recipe, p.data
-    val_loader = _loader(data.val, 512, shuffle=False, seed=seed)
-    test_loader = _loader(data.test, 512, shuffle=False, seed=seed)
+    test_loader = data_loader(data.test, 512, shuffle=False, seed=seed)
 
     def train(name: str, method: torch.nn.Module, train_set, **kw) -> float:
         set_seed(seed)
-        loader = _loader(train_set, r.data.batch_size, shuffle=True, seed=seed)
+        loader = data_loader(train_set, r.data.batch_size, shuffle=True, seed=seed)
         started = time.perf_counter()
         fit(method, loader, r.train, accelerator=acc, phase=name, progress=False, **kw)
         print(f"{case} seed {seed} {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)

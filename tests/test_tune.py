@@ -11,7 +11,7 @@ from conftest import run_cli as cli
 
 from distill.cli import main
 from distill.recipe import load_recipe
-from distill.tune import parse_budget, parse_space
+from distill.tune_space import parse_budget, parse_space
 
 pytest.importorskip("optuna")
 SETS = sum((["--set", s] for s in TINY), [])

@@ -116,7 +116,7 @@ class Distiller:
             self._checked = True
         evaluate = student_validation(val_loader, acc.device)
         if isinstance(self.teacher, LiveTeacher) and self.teacher.execution is None:  # not chosen yet: one call per step
-            self.teacher.expected_calls = epochs * len(train_loader) * cls.generations(cfg.options)
+            self.teacher.expected_calls = epochs * len(train_loader)
 
         def train(name: str, method: nn.Module) -> dict[str, Any]:
             return fit(method, train_loader, self.train_cfg, accelerator=acc, phase=name, epochs=epochs, log=self.log,

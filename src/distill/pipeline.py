@@ -9,28 +9,26 @@ plots/}`; `status.json` says `complete` only once `report.json` and `report.html
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import importlib.util
 import json
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import variants
 from .augment import augmented
 from .batch import forward_logits, inputs_of
 from .config import Recipe
 from .data import DataBundle, load_data
 from .diagnose import recipe_diagnostics
-from .engine.checkpoint import Checkpointer, CheckpointWarning
+from .engine.checkpoint import Checkpointer
 from .engine.distributed import cpu_only_launch
 from .engine.evaluate import (
     classification_metrics,
@@ -49,8 +47,8 @@ from .models import create_model
 from .models.pretrained import is_pretrained
 from .recipe import dump_recipe
 from .report import render
+from .run_dir import make_run_dir, open_for_resume, write_status
 from .seeds import combine, fresh_student, student_seeds, tag
-from . import variants
 from .teachers import CachedTeacher, LiveTeacher, freeze
 from .teachers.cache_build import cache_keys
 
@@ -67,7 +65,8 @@ class Prepared:
     cache: CachedTeacher | None = None  # distill.cache, checked against this teacher, data and augmentation
 
 
-def _loader(ds, batch_size: int, *, shuffle: bool, seed: int, workers: int = 0) -> DataLoader:
+def data_loader(ds, batch_size: int, *, shuffle: bool, seed: int, workers: int = 0) -> DataLoader:
+    """A DataLoader whose shuffle order is a function of `seed` alone (every phase of a seed sees the same order)."""
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers)
 
@@ -153,29 +152,6 @@ def _open_cache(recipe: Recipe, data: DataBundle, teacher: nn.Module) -> CachedT
     return cache
 
 
-def _make_run_dir(out: Path, overwrite: bool) -> Path:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DistillError(f"run directory {str(out)!r} already exists; pass --overwrite or choose --out")
-        shutil.rmtree(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints").mkdir(exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise DistillError(f"cannot write the run directory {str(out)!r} ({exc.strerror}); choose a writable --out") from None
-    return out
-
-
-def _status(run_dir: Path, status: str, **extra: Any) -> None:
-    doc = {"status": status, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **extra}
-    tmp = run_dir / ".status.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(run_dir / "status.json")
-
-
 def _accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
     trackers = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else None
     acc = Accelerator(mixed_precision=recipe.train.mixed_precision, log_with=trackers, project_dir=str(run_dir),
@@ -214,23 +190,23 @@ def run_recipe(recipe: Recipe, out: Path | None = None, *, overwrite: bool = Fal
     if resume:
         open_for_resume(run_dir, dump_recipe(recipe), overwrite=overwrite)
     elif not overwrite and run_dir.exists() and any(run_dir.iterdir()):
-        _make_run_dir(run_dir, overwrite)  # raises the "already exists" error in every process alike
+        make_run_dir(run_dir, overwrite)  # raises the "already exists" error in every process alike
     state.wait_for_everyone()  # every process has checked before the main one creates anything
     main = state.is_main_process
     if main:
         if not resume:
-            _make_run_dir(run_dir, overwrite)
+            make_run_dir(run_dir, overwrite)
         (run_dir / "config.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
-        _status(run_dir, "running")
+        write_status(run_dir, "running")
     state.wait_for_everyone()
     try:
         _train_and_evaluate(prepared, run_dir, progress, resume)
     except BaseException as exc:
         if main:
-            _status(run_dir, "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            write_status(run_dir, "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     if main:
-        _status(run_dir, "complete")
+        write_status(run_dir, "complete")
     return run_dir
 
 
@@ -239,7 +215,7 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     acc = _accelerator(r, run_dir)
     log = MetricsLog(run_dir / "metrics.jsonl", acc)
     ckpt = Checkpointer(run_dir / "checkpoints", every=r.train.checkpoint_every, accelerator=acc, resume=resume)
-    val_loader = _loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
+    val_loader = data_loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
 
     val = student_validation(val_loader, acc.device)
 
@@ -248,7 +224,7 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         train_set = data.teacher_train if name.startswith("teacher") else data.train
         # the views stay those of the recipe's seed (an offline teacher cache is built against them)
         train_set = augmented(train_set, r.augment, r.seed, mix=name.startswith("distilled"))  # mixing needs a teacher
-        loader = _loader(train_set, r.data.batch_size, shuffle=True, seed=seed, workers=r.data.num_workers)
+        loader = data_loader(train_set, r.data.batch_size, shuffle=True, seed=seed, workers=r.data.num_workers)
         return fit(method, loader, r.train, accelerator=acc, phase=name, log=log, evaluate=val, progress=progress,
                    checkpointer=ckpt, **kw)
 
@@ -345,46 +321,10 @@ def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) ->
                        max_copy_share=r.distill.teacher_copy_share)
 
 
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-            if found:
-                return found
-        return None
-    return None if a == b else prefix.rstrip(".") or "recipe"
-
-
-def open_for_resume(run_dir: str | Path, recipe_yaml: str, *, overwrite: bool = False) -> Path:
-    """Check that `run_dir` holds a run of this very recipe that can be resumed (read-only; every process may call
-    it). Raises `DistillError` naming the fix; warns when there is no complete checkpoint yet (training restarts)."""
-    run_dir = Path(run_dir)
-    if overwrite:
-        raise DistillError("--resume and --overwrite exclude each other; drop one of them")
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise DistillError(f"nothing to resume in {str(run_dir)!r} (no run was started there); run without --resume")
-    try:
-        saved = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise DistillError(f"{str(config)!r} is corrupt; start a new run without --resume") from None
-    diff = _first_difference(saved, yaml.safe_load(recipe_yaml))
-    if diff:
-        raise DistillError(
-            f"the recipe differs from the one {str(run_dir)!r} was started with (at {diff}); "
-            "resume with the same recipe and --set overrides, or start a new run"
-        )
-    checkpoints = run_dir / "checkpoints"
-    if not checkpoints.is_dir() or not any(p.is_dir() and not p.name.startswith(".") for p in checkpoints.iterdir()):
-        warnings.warn(f"no complete checkpoint in {str(checkpoints)!r}; training restarts from step 0",
-                      CheckpointWarning, stacklevel=2)
-    return run_dir
-
-
 def evaluate_models(models: dict[str, nn.Module], p: Prepared, device: torch.device) -> dict[str, Any]:
     """Test-set metrics, size and speed for every model variant; the first one is the reference teacher."""
     r, data = p.recipe, p.data
-    test_loader = _loader(data.test, r.data.eval_batch_size, shuffle=False, seed=r.seed)
+    test_loader = data_loader(data.test, r.data.eval_batch_size, shuffle=False, seed=r.seed)
     preds = {name: predict(m, test_loader, device) for name, m in models.items()}
     teacher_logits, labels = next(iter(preds.values()))
     one = {k: v for k, v in example_batch(data.test, 1).items() if k not in ("labels", "index")}

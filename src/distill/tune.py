@@ -19,7 +19,6 @@ import copy
 import importlib.util
 import json
 import math
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -39,69 +37,16 @@ from .diagnose import recipe_diagnostics
 from .engine.evaluate import accuracy, predict
 from .engine.io import load_weights, save_weights
 from .engine.loop import fit
-from .errors import DistillError, nearest
+from .errors import DistillError
 from .methods import METHODS, build_method
 from .models.pretrained import is_pretrained
-from .pipeline import Prepared, _loader, prepare
+from .pipeline import Prepared, data_loader, prepare
 from .recipe import dump_recipe, validate
 from .report.tune_page import tune_page
 from .teachers import LiveTeacher, freeze
+from .tune_space import SPACE, applies, parse_budget, parse_space, space_json, suggest
 
-# name -> (kind, default range or choices). Floats are searched on a log scale except alpha.
-SPACE: dict[str, tuple[str, Any]] = {
-    "method": ("choice", ["kd", "dkd"]),
-    "temperature": ("log", (1.0, 16.0)),
-    "alpha": ("float", (0.1, 1.0)),
-    "standardize": ("choice", [False, True]),
-    "lr": ("log", (3e-4, 3e-2)),
-}
 MIN_VAL = 20  # labelled validation examples a score needs to mean anything
-
-
-def parse_budget(text: str) -> float:
-    """`"20m"`, `"90s"`, `"1.5h"`, `"1h30m"` -> seconds. Raises `DistillError`."""
-    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", text or "")
-    if not parts or not any(parts.groups()):
-        raise DistillError(f"--budget {text!r} is not a duration; write e.g. 20m, 90s, 1h or 1h30m")
-    h, m, s = (float(g) if g else 0.0 for g in parts.groups())
-    return 3600 * h + 60 * m + s
-
-
-def parse_space(items: list[str] | None) -> dict[str, tuple[str, Any]]:
-    """`--space` entries: a key (`lr`) keeps its default range; `lr=1e-4:1e-2` sets a float range; `method=kd,dkd`
-    or `standardize=true` sets choices. No entries: the whole default space. Unknown keys: `DistillError`."""
-    if not items:
-        return dict(SPACE)
-    space: dict[str, tuple[str, Any]] = {}
-    for item in items:
-        for part in [p for p in item.split(";") if p.strip()]:
-            key, _, raw = part.partition("=")
-            key = key.strip()
-            if key not in SPACE:
-                raise DistillError(f"unknown search-space key {key!r}{nearest(key, SPACE)}; "
-                                   f"choose from {', '.join(SPACE)}")
-            kind, default = SPACE[key]
-            if not raw.strip():
-                space[key] = (kind, default)
-            elif kind == "choice":
-                values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
-                bad = [v for v in values if v not in default]
-                if not values or bad:
-                    raise DistillError(f"--space {part!r}: choose {key} from {default}")
-                space[key] = (kind, values)
-            else:
-                try:
-                    lo, hi = (float(v) for v in raw.split(":"))
-                except ValueError:
-                    raise DistillError(f"--space {part!r}: write a range as {key}=LOW:HIGH, e.g. lr=1e-4:1e-2") from None
-                if not 0 < lo <= hi or (key == "alpha" and hi > 1):
-                    raise DistillError(f"--space {part!r}: need 0 < LOW <= HIGH{' <= 1' if key == 'alpha' else ''}")
-                space[key] = (kind, (lo, hi))
-    return space
-
-
-def _space_json(space: dict[str, tuple[str, Any]]) -> str:
-    return json.dumps({k: [kind, list(v) if isinstance(v, tuple) else v] for k, (kind, v) in sorted(space.items())})
 
 
 class IndexedLogits:
@@ -160,7 +105,7 @@ def _setup(recipe: Recipe, out: Path) -> Setup:
             load_weights(teacher, saved)
         else:
             set_seed(recipe.seed)
-            loader = _loader(p.data.teacher_train, recipe.data.batch_size, shuffle=True, seed=recipe.seed)
+            loader = data_loader(p.data.teacher_train, recipe.data.batch_size, shuffle=True, seed=recipe.seed)
             fit(build_method("scratch", teacher, None), loader, recipe.train, accelerator=Accelerator(cpu=True),
                 phase="teacher", epochs=recipe.teacher.epochs, lr=recipe.teacher.lr, progress=False)
             teacher = teacher.to("cpu")
@@ -169,7 +114,7 @@ def _setup(recipe: Recipe, out: Path) -> Setup:
     if recipe.augment.active:
         source: Any = LiveTeacher(teacher)
     else:
-        logits, _ = predict(teacher, _loader(p.data.train, recipe.data.eval_batch_size, shuffle=False, seed=0))
+        logits, _ = predict(teacher, data_loader(p.data.train, recipe.data.eval_batch_size, shuffle=False, seed=0))
         source = IndexedLogits(logits)
     return Setup(recipe, p, teacher, source)
 
@@ -185,7 +130,7 @@ def _trial_recipe(recipe: Recipe, params: dict[str, Any]) -> Recipe:
     for key in ("temperature", "alpha"):
         if key in params:
             d[key] = params[key]
-        elif not _applies(key, d["method"]):
+        elif not applies(key, d["method"]):
             d[key] = None  # not written: the method does not read it
     if "standardize" in params:
         d["options"] = {**d["options"], "standardize": bool(params["standardize"])}
@@ -199,7 +144,7 @@ def _train_trial(s: Setup, recipe: Recipe, distilled: bool, report: Any | None) 
     `report(epoch, acc)` is called from the loop's per-epoch evaluate callback (it may raise optuna.TrialPruned)."""
     r, data = recipe, s.prepared.data
     acc = Accelerator(cpu=True)
-    val_loader = _loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
+    val_loader = data_loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
     scores: list[float] = []
 
     def evaluate(method: nn.Module) -> dict[str, float]:
@@ -218,7 +163,7 @@ def _train_trial(s: Setup, recipe: Recipe, distilled: bool, report: Any | None) 
     else:
         method = build_method("scratch", student, None)
     set_seed(r.seed)
-    loader = _loader(data.train, r.data.batch_size, shuffle=True, seed=r.seed, workers=r.data.num_workers)
+    loader = data_loader(data.train, r.data.batch_size, shuffle=True, seed=r.seed, workers=r.data.num_workers)
     fit(method, loader, r.train, accelerator=acc, phase="trial", evaluate=evaluate, progress=False)
     return scores[-1]
 
@@ -270,34 +215,13 @@ def _spent(study: Any) -> float:
     return total
 
 
-def _applies(key: str, method: str) -> bool:
-    """Does the search key mean anything to `method`? (`temperature`/`alpha`: its `uses`; other keys but `lr` and
-    `method`: one of its options.) Keys it would ignore are not sampled (a recipe that sets them is refused)."""
-    cls = METHODS.get(method)
-    if key in ("temperature", "alpha"):
-        return key in cls.uses
-    return key in ("lr", "method") or key in cls.Options.model_fields
-
-
-def _suggest(trial: Any, space: dict[str, tuple[str, Any]], method: str) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for key, (kind, v) in sorted(space.items(), key=lambda kv: kv[0] != "method"):  # the method first
-        if not _applies(key, params.get("method", method)):
-            continue  # a conditional parameter (TPE handles the missing value)
-        if kind == "choice":
-            params[key] = trial.suggest_categorical(key, list(v))
-        else:
-            params[key] = trial.suggest_float(key, v[0], v[1], log=kind == "log")
-    return params
-
-
 def _search(s: Setup, study: Any, space: dict[str, tuple[str, Any]], distilled: bool, budget: float,
             per_trial: float, bar: Progress, task: Any, max_trials: int | None = None) -> None:
     import optuna
 
     while budget - _spent(study) >= per_trial and (max_trials is None or len(study.trials) < max_trials):
         trial = study.ask()
-        params = _suggest(trial, space, s.recipe.distill.method if distilled else "scratch")
+        params = suggest(trial, space, s.recipe.distill.method if distilled else "scratch")
         recipe = _trial_recipe(s.recipe, params)
 
         def report(epoch: int, value: float) -> None:
@@ -350,11 +274,11 @@ def _tune(recipe: Recipe, seconds: float, budget: str, out: Path, chosen: dict[s
           progress: bool, baseline: bool, max_trials: int | None) -> dict[str, Any]:
     import optuna
 
-    recipe_yaml, space_json = dump_recipe(recipe), _space_json(chosen)
+    recipe_yaml, chosen_json = dump_recipe(recipe), space_json(chosen)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    distilled_study = _open_study(out, "distilled", space_json, recipe_yaml, recipe.seed)  # checks before training
+    distilled_study = _open_study(out, "distilled", chosen_json, recipe_yaml, recipe.seed)  # checks before training
     lr_space = {"lr": chosen.get("lr", SPACE["lr"])}
-    base_study = _open_study(out, "student-alone", _space_json(lr_space), recipe_yaml, recipe.seed) if baseline else None
+    base_study = _open_study(out, "student-alone", space_json(lr_space), recipe_yaml, recipe.seed) if baseline else None
     _check_methods(recipe, chosen)  # before the teacher trains
     s = _setup(recipe, out)
     share = seconds / 2 if baseline else seconds
