@@ -121,3 +121,16 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def collate_fn_of(dataset: Any) -> Any:
+    """The collate function a dataset asks for (its `collate_fn` attribute, e.g. dynamic padding of token batches),
+    looked up through wrappers (`.base`, `.dataset`); None (PyTorch's default collate) when it has none."""
+    seen = 0
+    while dataset is not None and seen < 8:
+        fn = getattr(dataset, "collate_fn", None)
+        if callable(fn):
+            return fn
+        dataset = getattr(dataset, "base", None) or getattr(dataset, "dataset", None)
+        seen += 1
+    return None

@@ -147,6 +147,7 @@ class EvalConfig(Strict):
     threads: int = Field(default=1, ge=1)
     explorer_examples: int = Field(default=4, ge=1, le=16)
     temperatures: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 20.0])
+    throughput_batch: int = Field(default=256, ge=1)  # examples per call for throughput_per_s (capped by the test set)
 
     @field_validator("temperatures")
     @classmethod
@@ -189,6 +190,9 @@ class CompressConfig(Strict):
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(default=0, ge=0, lt=2**32)  # numpy's seed range
+    # what the models output: class logits (`classification`, the default) or sentence embeddings (`embedding`:
+    # evaluated by cosine to the teacher and a logistic-regression probe; the student "alone" is its initialisation)
+    task: Literal["classification", "embedding"] = "classification"
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
     student: ModelConfig

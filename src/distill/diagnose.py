@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .batch import forward_logits, inputs_of, labels_of, to_device
+from .batch import collate_fn_of, forward_logits, inputs_of, labels_of, to_device
 from .losses import IGNORE_INDEX, standardize_logits
 
 ONE_HOT_P = 0.999  # a softened row whose top-1 probability exceeds this is "effectively one-hot"
@@ -159,7 +159,7 @@ def sample_logits(
     logits, labels, have_labels = [], [], True
     try:
         with torch.inference_mode():
-            for batch in DataLoader(subset, batch_size=batch_size):
+            for batch in DataLoader(subset, batch_size=batch_size, collate_fn=collate_fn_of(dataset)):
                 batch = to_device(batch, torch.device(device))
                 logits.append(forward_logits(teacher, inputs_of(batch)).float().cpu())
                 y = labels_of(batch)

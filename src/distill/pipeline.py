@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from . import variants
 from .augment import augmented
-from .batch import forward_logits, inputs_of
+from .batch import collate_fn_of, forward_logits, inputs_of
 from .config import Recipe
 from .data import DataBundle, load_data
 from .diagnose import recipe_diagnostics
@@ -32,8 +32,10 @@ from .engine.checkpoint import Checkpointer
 from .engine.distributed import cpu_only_launch
 from .engine.evaluate import (
     classification_metrics,
+    embedding_metrics,
     model_size,
     predict,
+    probe_log_probs,
     speed,
     student_validation,
 )
@@ -68,12 +70,13 @@ class Prepared:
 def data_loader(ds, batch_size: int, *, shuffle: bool, seed: int, workers: int = 0) -> DataLoader:
     """A DataLoader whose shuffle order is a function of `seed` alone (every phase of a seed sees the same order)."""
     gen = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
+                      collate_fn=collate_fn_of(ds))
 
 
 def example_batch(ds, n: int = 1) -> Any:
     """The first `n` examples of a dataset, collated as one batch."""
-    return next(iter(DataLoader(ds, batch_size=n)))
+    return next(iter(DataLoader(ds, batch_size=n, collate_fn=collate_fn_of(ds))))
 
 
 def prepare(recipe: Recipe) -> Prepared:
@@ -117,14 +120,20 @@ def prepare(recipe: Recipe) -> Prepared:
                 f"fix {role}.name/{role}.kwargs"
             ) from None
         model.train()
-    if any(counts[role] != counts["teacher"] for role, _ in roles[2:]):
+    if recipe.task == "embedding":  # outputs are embeddings, compared with the teacher's directly
+        if counts["teacher"] != counts["student"]:
+            raise DistillError(
+                f"task: embedding compares embeddings, but the teacher's have {counts['teacher']} dimensions and the "
+                f"student's {counts['student']}; give the student the teacher's hidden size"
+            )
+    elif any(counts[role] != counts["teacher"] for role, _ in roles[2:]):
         raise DistillError("the teachers in distill.options.teachers predict a different number of classes; fix their kwargs")
-    if counts["teacher"] != counts["student"]:
+    elif counts["teacher"] != counts["student"]:
         raise DistillError(
             f"teacher predicts {counts['teacher']} classes but student predicts {counts['student']}; "
             "give both models the same number of outputs"
         )
-    if counts["student"] != data.num_classes:
+    elif counts["student"] != data.num_classes:
         raise DistillError(
             f"models predict {counts['student']} classes but dataset {recipe.data.name!r} has {data.num_classes}; "
             "set num_classes in the model kwargs or data.num_classes"
@@ -217,7 +226,8 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     ckpt = Checkpointer(run_dir / "checkpoints", every=r.train.checkpoint_every, accelerator=acc, resume=resume)
     val_loader = data_loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
 
-    val = student_validation(val_loader, acc.device)
+    # per-epoch validation accuracy needs class logits; embeddings are scored once, at the end (evaluate_models)
+    val = student_validation(val_loader, acc.device) if r.task == "classification" else None
 
     def train(name: str, method: nn.Module, seed: int = r.seed, **kw: Any) -> dict[str, Any]:
         set_seed(seed)  # same seed, same data order, same dropout draws for every phase of a seed
@@ -237,7 +247,10 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     if acc.is_main_process:
         save_weights(teacher, run_dir / "checkpoints" / "teacher.safetensors")
     freeze(teacher)
-    diagnostics = run_diagnostics(teacher, r, data, acc)
+    if r.task == "classification":
+        diagnostics = run_diagnostics(teacher, r, data, acc)
+    else:  # the teacher's outputs are embeddings: there are no soft targets to diagnose
+        diagnostics = {"temperature": 1.0 if r.distill.temperature == "auto" else r.distill.temperature, "warnings": []}
     temperature = diagnostics["temperature"]  # the recipe's T, or the one `temperature: auto` derived
 
     # What the method needs is read from its class (extra teachers, generations, its teacher source): no method
@@ -261,9 +274,16 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
                 save_weights(acc.unwrap_model(method).student, run_dir / "checkpoints" / f"{name}{suffix}.safetensors")
             return summary
 
-        scratch = build_method("scratch", copy.deepcopy(init), None)
-        phases[f"scratch{tag(seed)}"] = train_and_save("scratch", scratch)
-        students[f"scratch{tag(seed)}"] = acc.unwrap_model(scratch).student
+        if r.task == "classification":
+            scratch = build_method("scratch", copy.deepcopy(init), None)
+            phases[f"scratch{tag(seed)}"] = train_and_save("scratch", scratch)
+            students[f"scratch{tag(seed)}"] = acc.unwrap_model(scratch).student
+        else:  # embeddings from an unlabelled transfer set: without a teacher there is nothing to train on, so the
+            # student alone is its initialisation (for a layer-subset student: the teacher's layers it copied)
+            students[f"scratch{tag(seed)}"] = copy.deepcopy(init).to(acc.device)
+            phases[f"scratch{tag(seed)}"] = {"steps": 0, "note": "task: embedding; the student alone is not trained"}
+            if acc.is_main_process:
+                save_weights(students[f"scratch{tag(seed)}"], run_dir / "checkpoints" / f"scratch{tag(seed)}.safetensors")
         models = {"teacher": teacher, "extra": extra, "previous": students[f"scratch{tag(seed)}"], "source": source}
         final, distilled, _ = run_generations(
             r.distill.method, student_init=init, models=models, temperature=temperature,
@@ -326,21 +346,34 @@ def evaluate_models(models: dict[str, nn.Module], p: Prepared, device: torch.dev
     r, data = p.recipe, p.data
     test_loader = data_loader(data.test, r.data.eval_batch_size, shuffle=False, seed=r.seed)
     preds = {name: predict(m, test_loader, device) for name, m in models.items()}
+    extra: dict[str, dict[str, float]] = {name: {} for name in models}
+    if r.task == "embedding":  # outputs are embeddings: cosine to the teacher's, and a probe fitted on validation
+        val_loader = data_loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
+        teacher_emb = next(iter(preds.values()))[0]
+        for name, m in models.items():
+            emb, labels = preds[name]
+            extra[name] = embedding_metrics(emb, teacher_emb)
+            val_emb, val_labels = predict(m, val_loader, device)
+            preds[name] = (probe_log_probs(val_emb, val_labels, emb), labels)
     teacher_logits, labels = next(iter(preds.values()))
     one = {k: v for k, v in example_batch(data.test, 1).items() if k not in ("labels", "index")}
-    many = {k: v for k, v in example_batch(data.test, min(len(data.test), 256)).items() if k not in ("labels", "index")}
+    many = {k: v for k, v in example_batch(data.test, min(len(data.test), r.eval.throughput_batch)).items()
+            if k not in ("labels", "index")}
     out: dict[str, Any] = {"models": {}, "dataset": {"name": r.data.name, "test_size": len(data.test),
                                                      "train_size": len(data.train), "num_classes": data.num_classes,
                                                      "input_shape": list(data.input_shape)}}
     for name, model in models.items():
         logits, _ = preds[name]
-        row = classification_metrics(logits, labels, teacher_logits)
+        row = classification_metrics(logits, labels, teacher_logits)  # of the probe, for embeddings
+        row.update(extra[name])
         row.update(model_size(model))
         cpu_model = model.to("cpu")
         row.update(speed(cpu_model, one, threads=r.eval.threads, warmup=r.eval.latency_warmup,
                          runs=r.eval.latency_runs, throughput_batch=many))
+        row["throughput_1_per_s"] = 1000.0 / row["latency_ms_p50"]  # examples/s one at a time (batch 1)
         model.to(device)
         out["models"][name] = row
+    out["task"] = r.task
     out["explorer"] = _explorer(teacher_logits, labels, data, r)
     out["speed_settings"] = {"device": "cpu", "threads": r.eval.threads, "latency_runs": r.eval.latency_runs,
                              "warmup": r.eval.latency_warmup, "batch": 1, "throughput_batch": _first(many)}

@@ -154,3 +154,27 @@ def _first_dim(x: Any) -> int:
 def model_size(model: nn.Module) -> dict[str, int]:
     """`params` (count) and `size_bytes` (its safetensors serialisation)."""
     return {"params": sum(p.numel() for p in model.parameters()), "size_bytes": len(state_bytes(model))}
+
+
+def probe_log_probs(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor) -> torch.Tensor:
+    """A logistic-regression probe on frozen features: fitted (standardised features, L2, lbfgs) on the labelled rows
+    of `train_x`, it returns log-probabilities `(N_test, C)` for `test_x`, to be scored as logits."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labelled = train_y != IGNORE_INDEX
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    probe.fit(train_x[labelled].double().numpy(), train_y[labelled].numpy())
+    log_p = torch.from_numpy(probe.predict_log_proba(test_x.double().numpy())).float()
+    out = torch.full((len(test_x), int(train_y[labelled].max()) + 1), -1e4)  # classes the probe never saw: ~0 mass
+    out[:, torch.as_tensor(probe.classes_)] = log_p
+    return out
+
+
+def embedding_metrics(embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> dict[str, float]:
+    """`cosine_to_teacher`: mean over examples of cos(model embedding, teacher embedding); `mse_to_teacher`: mean
+    squared difference per dimension."""
+    e, t = embeddings.float(), teacher_embeddings.float()
+    return {"cosine_to_teacher": float(F.cosine_similarity(e, t, dim=-1).mean()),
+            "mse_to_teacher": float(((e - t) ** 2).mean())}

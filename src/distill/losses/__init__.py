@@ -1,6 +1,8 @@
 """Pure loss functions: `logits.py` (Hinton KD family, DKD, logit standardisation), `features.py` (hint, attention,
-RKD, PKT, CRD, cosine)."""
+RKD, PKT, CRD, cosine), `embedding.py` (sentence embeddings, per-token
+hidden-state cosine)."""
 
+from .embedding import embedding_loss, mean_pool, token_cosine_loss
 from .features import (
     as_vectors,
     attention_loss,
@@ -25,7 +27,7 @@ from .logits import (
 )
 
 __all__ = [
-    "IGNORE_INDEX", "as_vectors", "attention_loss", "binary_hard_loss", "binary_kd_loss", "cosine_loss", "crd_loss", "dkd_loss",
+    "IGNORE_INDEX", "as_vectors", "embedding_loss", "mean_pool", "token_cosine_loss", "attention_loss", "binary_hard_loss", "binary_kd_loss", "cosine_loss", "crd_loss", "dkd_loss",
     "dkd_parts", "hard_loss", "hinton_loss", "hint_loss", "kd_loss", "pkt_loss", "rkd_angle_loss",
     "rkd_distance_loss", "rkd_loss", "standardize_logits",
 ]

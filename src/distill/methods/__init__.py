@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     cosine,
     crd,
     dkd,
+    embedding,
     ensemble,
     fitnet,
     kd,

@@ -16,6 +16,11 @@ COLUMNS = [
     ("latency_ms_p95", "latency p95", lambda v: f"{v:.3f} ms"),
     ("throughput_per_s", "throughput", lambda v: f"{v:,.0f}/s"),
 ]
+# shown when some row has them (task: embedding; runs made before these keys existed have none)
+OPTIONAL_COLUMNS = [
+    ("throughput_1_per_s", "throughput at batch 1", lambda v: f"{v:,.1f}/s"),
+    ("cosine_to_teacher", "cosine to teacher", lambda v: f"{v:.4f}"),
+]
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -50,10 +55,11 @@ def _cell(m: dict[str, Any], key: str, fmt: Any) -> str:
 
 
 def _table(models: dict[str, dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in COLUMNS)
+    columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if any(c[0] in m for m in models.values())]
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in columns)
     rows = []
     for name, m in models.items():
-        cells = "".join(f"<td>{_cell(m, key, fmt)}</td>" for key, _, fmt in COLUMNS)
+        cells = "".join(f"<td>{_cell(m, key, fmt)}</td>" for key, _, fmt in columns)
         seeds = f' <span class="ci">({m["n_seeds"]} seeds)</span>' if m.get("n_seeds") else ""
         note = f'<br><span class="ci">{html.escape(m["note"])}</span>' if m.get("note") else ""  # compressed variants
         rows.append(f"<tr><td><b>{html.escape(name)}</b>{seeds}{note}</td>{cells}</tr>")
@@ -109,7 +115,7 @@ def _img(images: dict[str, str], key: str) -> str:
 def diagnostics_section(d: dict[str, Any] | None) -> str:
     """The teacher diagnostics (`report.json` key `diagnostics`): logit scale, accuracy, softened-target entropy and
     one-hot share per candidate T (raw and standardised logits), the chosen T marked, and the warnings."""
-    if not d:
+    if not d or "per_temperature" not in d:  # none for task: embedding (no soft targets)
         return ""
     acc = "" if d.get("accuracy") is None else f", accuracy {100 * d['accuracy']:.1f}% on its {d.get('labelled')} labelled rows"
     head = (f"On {d.get('sample')} training examples the teacher's logits have a mean row std of "
@@ -150,8 +156,13 @@ def page(report: dict[str, Any], images: dict[str, str], verdict: str, config_es
     speed_note = (f"Latency: batch 1 on {sp.get('device', 'cpu')}, {sp.get('threads', '?')} thread(s), "
                   f"{sp.get('warmup', '?')} warm-up + {sp.get('latency_runs', '?')} timed runs; throughput at batch "
                   f"{sp.get('throughput_batch', '?')}. Agreement and KL are measured against the teacher on the test set.")
+    if report.get("task") == "embedding":
+        speed_note += (" Task: embedding. The models output sentence embeddings; accuracy, agreement, KL and ECE are "
+                       "those of a logistic-regression probe fitted on each model's frozen validation-set embeddings "
+                       "and scored on the test set, and the student alone is the student as initialised (without a "
+                       "teacher there is nothing to train it on).")
     explorer = ""
-    if "explorer" in images:
+    if "explorer" in images and report.get("task") != "embedding":
         explorer = f"""<h2>Why temperature?</h2>
 <p>A trained teacher is usually so confident that at T = 1 its distribution is almost one-hot: it says little more than
 the label. Dividing the logits by a temperature T &gt; 1 lifts the small probabilities — which wrong classes the
