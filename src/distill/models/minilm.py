@@ -14,6 +14,7 @@ from those teacher layers (`layer_subset.layer_subset_student`), embeddings copi
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,9 +76,21 @@ class SentenceEncoder(nn.Module):
         return EncoderOutput(logits, embedding, out.hidden_states if output_hidden_states else None)
 
 
+_LOADED: dict[str, nn.Module] = {}  # directory -> the encoder as loaded; callers get copies (a run builds several)
+
+
 def load_encoder(path: str | None, layers: Sequence[int] | None = None) -> nn.Module:
-    """`AutoModel.from_pretrained(dir, local_files_only=True)`, optionally cut to a layer subset."""
+    """`AutoModel.from_pretrained(dir, local_files_only=True)`, optionally cut to a layer subset. A directory is read
+    once per process (teacher, student and per-seed students are copies of that one load)."""
     directory = local_model_dir(path)
+    key = str(directory.resolve())
+    if key not in _LOADED:
+        _LOADED[key] = _from_pretrained(directory)
+    encoder = copy.deepcopy(_LOADED[key])
+    return layer_subset_student(encoder, layers) if layers is not None else encoder
+
+
+def _from_pretrained(directory: Path) -> nn.Module:
     try:
         from transformers import AutoModel
     except ImportError:
@@ -87,7 +100,7 @@ def load_encoder(path: str | None, layers: Sequence[int] | None = None) -> nn.Mo
     except (OSError, ValueError, RuntimeError) as exc:
         raise DistillError(f"cannot load the model in {str(directory)!r} ({' '.join(str(exc).split())[:160]}); check "
                            "that the directory is complete") from None
-    return layer_subset_student(encoder, layers) if layers is not None else encoder
+    return encoder
 
 
 @register_model("minilm-encoder")
