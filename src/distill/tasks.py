@@ -51,6 +51,9 @@ def build_recipe_cache(
 def check_recipe(recipe: Any) -> dict[str, Any]:
     """`distill check RECIPE`: the teacher diagnostics (`diagnose.recipe_diagnostics`) for the recipe's settings on
     its training (transfer) set. Needs a teacher that is already trained: `teacher.weights` or a pretrained model."""
+    if recipe.task != "classification":
+        raise DistillError("distill check diagnoses a classifier's soft targets; this recipe has task: "
+                           f"{recipe.task} (embeddings have none)")
     prepared = prepare(recipe)  # every user error (data, models, weights) surfaces first
     if recipe.teacher.weights is None and not is_pretrained(prepared.teacher):
         raise DistillError(
