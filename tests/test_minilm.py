@@ -246,3 +246,8 @@ def test_cli_bad_inputs_write_nothing(encoder, tmp_path, capsys, recipe, overrid
     assert code == 2 and fragment in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_check_refuses_an_embedding_recipe(capsys):
+    code, _, err = run_cli(["check", "minilm-embeddings"], capsys)
+    assert code == 2 and "task: embedding" in err and len(err.strip().splitlines()) == 1
