@@ -1,5 +1,5 @@
 """Pure loss functions: `logits.py` (Hinton KD family, DKD, logit standardisation), `features.py` (hint, attention,
-RKD, PKT, CRD, cosine)."""
+RKD, PKT, CRD, cosine), `sequence.py` (token-level divergences for LM distillation, chunked over the vocabulary)."""
 
 from .features import (
     as_vectors,
@@ -23,9 +23,23 @@ from .logits import (
     kd_loss,
     standardize_logits,
 )
+from .sequence import (
+    DIVERGENCES,
+    chunked_head_loss,
+    divergence_rows,
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    sequence_divergence,
+    skew_kl,
+    total_variation,
+)
 
 __all__ = [
     "IGNORE_INDEX", "as_vectors", "attention_loss", "binary_hard_loss", "binary_kd_loss", "cosine_loss", "crd_loss", "dkd_loss",
     "dkd_parts", "hard_loss", "hinton_loss", "hint_loss", "kd_loss", "pkt_loss", "rkd_angle_loss",
     "rkd_distance_loss", "rkd_loss", "standardize_logits",
+    # sequence.py
+    "DIVERGENCES", "chunked_head_loss", "divergence_rows", "forward_kl", "generalized_jsd", "reverse_kl",
+    "sequence_divergence", "skew_kl", "total_variation",
 ]
