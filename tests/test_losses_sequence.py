@@ -200,3 +200,20 @@ def test_chunked_head_equals_logits_path(bias: bool) -> None:
     for got, want in zip((loss, soft, hard, hs.grad, head_s.weight.grad), ref):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert head_t.weight.grad is None
+
+
+def test_chunked_cross_entropy_equals_hard_loss() -> None:
+    from distill.losses import chunked_cross_entropy, hard_loss
+
+    s, _, mask = logits(b=3, t=6, v=17)
+    labels = torch.tensor(RNG.integers(0, 17, size=(3, 6)))
+    labels[1, :2] = -100
+    grads = []
+    for fn in (lambda x: hard_loss(x, labels, mask=torch.tensor(mask)),
+               lambda x: chunked_cross_entropy(x, labels, mask=torch.tensor(mask), chunk_size=4)):
+        x = torch.tensor(s, dtype=torch.float32, requires_grad=True)
+        loss = fn(x)
+        loss.backward()
+        grads.append((loss.item(), x.grad))
+    assert grads[1][0] == pytest.approx(grads[0][0], abs=1e-6)
+    torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-6, rtol=0)

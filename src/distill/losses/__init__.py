@@ -25,6 +25,7 @@ from .logits import (
 )
 from .sequence import (
     DIVERGENCES,
+    chunked_cross_entropy,
     chunked_head_loss,
     divergence_rows,
     forward_kl,
@@ -40,6 +41,6 @@ __all__ = [
     "dkd_parts", "hard_loss", "hinton_loss", "hint_loss", "kd_loss", "pkt_loss", "rkd_angle_loss",
     "rkd_distance_loss", "rkd_loss", "standardize_logits",
     # sequence.py
-    "DIVERGENCES", "chunked_head_loss", "divergence_rows", "forward_kl", "generalized_jsd", "reverse_kl",
+    "DIVERGENCES", "chunked_cross_entropy", "chunked_head_loss", "divergence_rows", "forward_kl", "generalized_jsd", "reverse_kl",
     "sequence_divergence", "skew_kl", "total_variation",
 ]

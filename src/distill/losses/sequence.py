@@ -21,7 +21,7 @@ Divergences (p teacher, q student):
 - `skew_kl(alpha, reverse=False)`: DistiLLM (Ko et al. 2024) α-skew KL: forward KL(p ‖ α p + (1 − α) q); reverse
   KL(q ‖ α q + (1 − α) p). α = 0 gives plain forward / reverse KL; DistiLLM uses α = 0.1.
 
-Memory: with `chunk_size` (default 512 rows) a custom autograd Function computes the loss *and its gradient* one
+Memory: with `chunk_size` (rows per chunk; default "auto": about 2**21 logits per chunk) a custom autograd Function computes the loss *and its gradient* one
 chunk of kept rows at a time in the forward pass, writing the gradient into one buffer shaped like the student's
 logits; nothing of size `(N, V)` other than that gradient is ever allocated (a few `(chunk, V)` float32 temporaries
 live at a time). `chunk_size=None` is the naive full-tensor autograd version (the reference the tests and
@@ -43,17 +43,18 @@ import torch.nn.functional as F
 from ..batch import IGNORE_INDEX
 from ..errors import DistillError
 
-__all__ = ["DIVERGENCES", "chunked_head_loss", "divergence_rows", "forward_kl", "generalized_jsd", "reverse_kl",
+__all__ = ["DIVERGENCES", "chunked_cross_entropy", "chunked_head_loss", "divergence_rows", "forward_kl", "generalized_jsd", "reverse_kl",
            "sequence_divergence", "skew_kl", "total_variation"]
 
-DEFAULT_CHUNK = 512
+DEFAULT_CHUNK = "auto"  # rows per chunk: about 2**21 logits (an 8 MB float32 buffer), at least 8 rows
+CHUNK_ELEMENTS = 2**21
 RowsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (student logits, teacher logits) float32 -> (rows,)
 
 
 def _plogp_ratio(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """`p (log p − log q)` elementwise, 0 where p = 0 (so -inf logits are allowed and give no NaN gradient)."""
     p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return torch.where(p > 0, p * (log_p - log_q), 0.0)
 
 
 def _fkl(ls: torch.Tensor, lt: torch.Tensor) -> torch.Tensor:
@@ -115,6 +116,14 @@ def divergence_rows(name: str, *, temperature: float = 1.0, beta: float = 0.5, s
     return _tempered(fns[name], float(temperature))
 
 
+def _chunk_rows(chunk_size: int | str, vocab: int) -> int:
+    if chunk_size == "auto":
+        return max(8, CHUNK_ELEMENTS // max(vocab, 1))
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, 'auto' or None, got {chunk_size!r}")
+    return chunk_size
+
+
 def _kept_rows(lead: torch.Size, mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     n = math.prod(lead)
     if mask is None:
@@ -168,7 +177,7 @@ def sequence_divergence(
     rows_fn: RowsFn,
     *,
     mask: torch.Tensor | None = None,
-    chunk_size: int | None = DEFAULT_CHUNK,
+    chunk_size: int | str | None = DEFAULT_CHUNK,
 ) -> torch.Tensor:
     """Mean of `rows_fn` (see `divergence_rows`) over the rows of `(..., V)` logits that `mask` keeps; 0 with a graph
     when none is kept. `chunk_size=None`: the naive full-tensor version."""
@@ -184,20 +193,18 @@ def sequence_divergence(
         return student_logits.float().sum() * 0.0
     if chunk_size is None:
         return rows_fn(s.index_select(0, rows), t.index_select(0, rows)).mean()
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
-    return _ChunkedDivergence.apply(s, t, rows, rows_fn, int(chunk_size))
+    return _ChunkedDivergence.apply(s, t, rows, rows_fn, _chunk_rows(chunk_size, vocab))
 
 
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
-               mask: torch.Tensor | None = None, chunk_size: int | None = DEFAULT_CHUNK) -> torch.Tensor:
+               mask: torch.Tensor | None = None, chunk_size: int | str | None = DEFAULT_CHUNK) -> torch.Tensor:
     """Mean over kept rows of KL(p ‖ q), p = softmax(teacher/T), q = softmax(student/T); no T² factor."""
     return sequence_divergence(student_logits, teacher_logits, divergence_rows("forward_kl", temperature=temperature),
                                mask=mask, chunk_size=chunk_size)
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
-               mask: torch.Tensor | None = None, chunk_size: int | None = DEFAULT_CHUNK) -> torch.Tensor:
+               mask: torch.Tensor | None = None, chunk_size: int | str | None = DEFAULT_CHUNK) -> torch.Tensor:
     """Mean over kept rows of KL(q ‖ p) (student first): mode seeking."""
     return sequence_divergence(student_logits, teacher_logits, divergence_rows("reverse_kl", temperature=temperature),
                                mask=mask, chunk_size=chunk_size)
@@ -205,7 +212,7 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, te
 
 def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, beta: float = 0.5,
                     temperature: float = 1.0, mask: torch.Tensor | None = None,
-                    chunk_size: int | None = DEFAULT_CHUNK) -> torch.Tensor:
+                    chunk_size: int | str | None = DEFAULT_CHUNK) -> torch.Tensor:
     """GKD's generalized JSD (TRL's convention): β KL(p ‖ m) + (1 − β) KL(q ‖ m), m = β p + (1 − β) q; β = 0 is
     forward KL, β = 1 reverse KL; β outside [0, 1] raises `DistillError`."""
     return sequence_divergence(student_logits, teacher_logits,
@@ -214,7 +221,7 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 
 def total_variation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
-                    mask: torch.Tensor | None = None, chunk_size: int | None = DEFAULT_CHUNK) -> torch.Tensor:
+                    mask: torch.Tensor | None = None, chunk_size: int | str | None = DEFAULT_CHUNK) -> torch.Tensor:
     """Mean over kept rows of ½ Σ_v |p_v − q_v| (in [0, 1])."""
     return sequence_divergence(student_logits, teacher_logits, divergence_rows("tv", temperature=temperature),
                                mask=mask, chunk_size=chunk_size)
@@ -222,12 +229,35 @@ def total_variation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 def skew_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, alpha: float = 0.1,
             reverse: bool = False, temperature: float = 1.0, mask: torch.Tensor | None = None,
-            chunk_size: int | None = DEFAULT_CHUNK) -> torch.Tensor:
+            chunk_size: int | str | None = DEFAULT_CHUNK) -> torch.Tensor:
     """DistiLLM's α-skew KL: forward KL(p ‖ α p + (1 − α) q), or with `reverse` KL(q ‖ α q + (1 − α) p)."""
     name = "skew_rkl" if reverse else "skew_kl"
     return sequence_divergence(student_logits, teacher_logits,
                                divergence_rows(name, temperature=temperature, skew_alpha=alpha), mask=mask,
                                chunk_size=chunk_size)
+
+
+def _ce_rows(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    s = s.float()
+    return torch.logsumexp(s, -1) - s.gather(-1, y.long().reshape(-1, 1)).squeeze(-1)
+
+
+def chunked_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor | None, *,
+                          mask: torch.Tensor | None = None, chunk_size: int | str = DEFAULT_CHUNK) -> torch.Tensor:
+    """Cross-entropy of `(..., V)` logits against `labels` `(...)` averaged over rows with a label (!= -100) that
+    `mask` keeps, chunked like the divergences (equal to `losses.hard_loss`); 0 with a graph when there is none."""
+    if labels is None:
+        return student_logits.float().sum() * 0.0
+    vocab = student_logits.shape[-1]
+    keep = labels.to(student_logits.device) != IGNORE_INDEX
+    if mask is not None:
+        keep = keep & mask.to(keep.device, torch.bool)
+    rows = _kept_rows(student_logits.shape[:-1], keep, student_logits.device)
+    if rows.numel() == 0:
+        return student_logits.float().sum() * 0.0
+    y = labels.reshape(-1, 1).to(student_logits.device)
+    return _ChunkedDivergence.apply(student_logits.reshape(-1, vocab), y, rows, _ce_rows,
+                                    _chunk_rows(chunk_size, vocab))
 
 
 class _ChunkedHead(torch.autograd.Function):
@@ -306,7 +336,7 @@ def chunked_head_loss(
     mask: torch.Tensor | None = None,
     soft_weight: float = 1.0,
     hard_weight: float = 0.0,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | str = DEFAULT_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(loss, soft, hard)` from final hidden states `(..., H)` and `lm_head` linears (`weight` `(V, H)`, optional
     `bias`) of both models, without any `(N, V)` logits tensor: per chunk of kept rows, logits = hidden @ weightᵀ
@@ -329,4 +359,4 @@ def chunked_head_loss(
         zero = hs.float().sum() * 0.0 + ws.float().sum() * 0.0
         return zero, zero.detach(), zero.detach()
     return _ChunkedHead.apply(hs, ws, bs, ht, wt.detach(), bt.detach() if bt is not None else None, rows, y, rows_fn,
-                              float(soft_weight), float(hard_weight), int(chunk_size))
+                              float(soft_weight), float(hard_weight), _chunk_rows(chunk_size, ws.shape[0]))
