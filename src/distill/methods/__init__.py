@@ -16,6 +16,7 @@ from . import (  # noqa: F401
     ensemble,
     fitnet,
     kd,
+    lm_kd,
     pkt,
     rkd,
     scratch,

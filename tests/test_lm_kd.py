@@ -1,0 +1,177 @@
+"""Causal-LM distillation: next-token alignment (one hard-only step equals a step on the model's own `labels` loss),
+padding invariance, the chunked lm_head path against the logits path, the vocabulary check, and a few training steps
+of each mode (supervised, sequence-level, on-policy) through the Python API on tiny random Llama-style models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from distill.batch import is_causal_lm, next_token_labels, token_mask
+from distill.errors import DistillError
+from distill.methods import build_method
+from distill.methods.lm_kd import check_vocabulary
+from distill.teachers import LiveTeacher
+
+pytest.importorskip("transformers")
+from lm_models import LMDataset, lm_batch, pad_lm, tiny_llama  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_llama(hidden=32, layers=2, seed=0), tiny_llama(hidden=48, layers=2, seed=1)
+
+
+def test_next_token_labels_and_causal_detection(pair) -> None:
+    student, _ = pair
+    assert is_causal_lm(student)
+    from hf_models import tiny_bert
+    assert not is_causal_lm(tiny_bert("token"))
+    assert not is_causal_lm(torch.nn.Linear(2, 2))
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8, 0], [5, 6, 7, 0, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]),
+             "labels": torch.tensor([[-100, -100, 7, 8, -100], [-100, 6, 7, -100, -100]])}
+    want = torch.tensor([[-100, 7, 8, -100, -100], [6, 7, -100, -100, -100]])
+    assert torch.equal(next_token_labels(batch), want)
+    unlabelled = {k: v for k, v in batch.items() if k != "labels"}
+    assert torch.equal(next_token_labels(unlabelled), torch.tensor([[6, 7, 8, -100, -100], [6, 7, -100, -100, -100]]))
+
+
+def one_step(model: torch.nn.Module, loss_fn) -> dict[str, torch.Tensor]:
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    opt.zero_grad()
+    loss_fn().backward()
+    opt.step()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name,options", [("lm_kd", {"head": "logits"}), ("lm_kd", {"head": "chunked"}),
+                                          ("lm_kd", {"head": "logits", "chunk_size": None}), ("kd", {})])
+def test_hard_only_step_equals_the_models_own_labels_loss(pair, name: str, options: dict) -> None:
+    """alpha = 0: one step of our loss is one step on HF's own shifted `labels` loss, to 1e-6 in the weights."""
+    student, teacher = pair
+    batch = lm_batch(batch=3, length=8, prompt=3)
+    ref_model = copy.deepcopy(student)
+    want = one_step(ref_model, lambda: ref_model(**batch).loss)  # HF shifts labels itself
+    ours = copy.deepcopy(student)
+    method = build_method(name, ours, LiveTeacher(teacher, tune=False), temperature=1.0, alpha=0.0, options=options)
+    got = one_step(ours, lambda: method(batch)["loss"])
+    moved = max(float((want[n] - p.detach()).abs().max()) for n, p in student.named_parameters())
+    assert moved > 1e-3  # the step did something
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], atol=1e-6, rtol=0, msg=lambda m: f"{n}: {m}")
+
+
+DIVERGENCES = [{"divergence": d} for d in ("forward_kl", "reverse_kl", "tv", "skew_kl", "skew_rkl")] + [
+    {"divergence": "jsd", "beta": 0.3}]
+
+
+@pytest.mark.parametrize("head", ["logits", "chunked"])
+@pytest.mark.parametrize("options", DIVERGENCES, ids=lambda o: o["divergence"])
+def test_padding_changes_nothing_and_heads_agree(pair, options: dict, head: str) -> None:
+    student, teacher = pair
+    batch = lm_batch(batch=3, length=8)
+    results = []
+    for b in (batch, pad_lm(batch, 16)):
+        s = copy.deepcopy(student)
+        method = build_method("lm_kd", s, LiveTeacher(teacher, tune=False), temperature=2.0, alpha=0.5,
+                              options={**options, "head": head, "chunk_size": 5})
+        out = method(b)
+        out["loss"].backward()
+        results.append((out, {n: p.grad.clone() for n, p in s.named_parameters()}))
+    (out, grads), (out_pad, grads_pad) = results
+    assert out["soft"].item() > 0 and out["hard"].item() > 0
+    for key in ("loss", "soft", "hard"):
+        torch.testing.assert_close(out_pad[key], out[key], atol=1e-6, rtol=1e-5)
+    for n in grads:
+        torch.testing.assert_close(grads_pad[n], grads[n], atol=1e-6, rtol=1e-5, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("options", DIVERGENCES, ids=lambda o: o["divergence"])
+def test_chunked_head_equals_naive_logits_loss(pair, options: dict) -> None:
+    student, teacher = pair
+    batch = lm_batch(batch=3, length=8)
+    grads = []
+    for extra in ({"head": "logits", "chunk_size": None}, {"head": "chunked", "chunk_size": 4}):
+        s = copy.deepcopy(student)
+        method = build_method("lm_kd", s, LiveTeacher(teacher, tune=False), temperature=1.5, alpha=0.7,
+                              options={**options, **extra})
+        out = method(batch)
+        out["loss"].backward()
+        grads.append((out["loss"].item(), {n: p.grad.clone() for n, p in s.named_parameters()}))
+    assert grads[1][0] == pytest.approx(grads[0][0], abs=1e-6)
+    for n in grads[0][1]:
+        torch.testing.assert_close(grads[1][1][n], grads[0][1][n], atol=1e-6, rtol=1e-5)
+
+
+def test_soft_mask_is_next_token_aligned(pair) -> None:
+    """Soft terms count exactly the positions whose *next* token is a target."""
+    student, _ = pair
+    batch = lm_batch(batch=2, length=6, prompt=2)
+    method = build_method("lm_kd", student, LiveTeacher(copy.deepcopy(student), tune=False))
+    shifted = method.prepare_batch(batch)
+    mask = token_mask(shifted, torch.zeros(2, 6, 3))
+    assert torch.equal(mask, next_token_labels(batch) != -100)
+    assert not bool(mask[:, -1].any()) and not bool(mask[:, 0].any())  # last position; position 0 predicts a prompt token
+    assert method.prepare_batch(shifted) is shifted  # idempotent
+
+
+class FakeTokenizer:
+    def __init__(self, vocab: dict[str, int]) -> None:
+        self.vocab = vocab
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+
+def test_vocabulary_check(pair) -> None:
+    from distill.api import Distiller
+
+    student, teacher = pair
+    other = tiny_llama(vocab=41, seed=2)
+    with pytest.raises(DistillError, match="cross-tokenizer distillation is not supported"):
+        check_vocabulary(other, teacher)
+    loader = torch.utils.data.DataLoader(LMDataset(4), batch_size=2)
+    with pytest.raises(DistillError, match="cross-tokenizer"):
+        Distiller(teacher, copy.deepcopy(other), method="lm_kd", progress=False).fit(loader)
+    check_vocabulary(student, teacher, student_tokenizer=FakeTokenizer({"a": 0, "b": 1}),
+                     teacher_tokenizer=FakeTokenizer({"a": 0, "b": 1}))
+    with pytest.raises(DistillError, match="tokenizers differ"):
+        check_vocabulary(student, teacher, student_tokenizer=FakeTokenizer({"a": 0, "b": 1}),
+                         teacher_tokenizer=FakeTokenizer({"a": 1, "b": 0}))
+    with pytest.raises(DistillError, match="beta"):
+        Distiller(teacher, student, method="lm_kd", options={"divergence": "jsd", "beta": 1.5}, progress=False)
+
+
+@pytest.mark.parametrize("options", [
+    {"divergence": "forward_kl"},
+    {"divergence": "jsd", "beta": 0.5, "head": "logits"},
+    {"divergence": "reverse_kl", "on_policy": 1.0, "max_new_tokens": 4},
+    {"divergence": "forward_kl", "seq_kd": True, "on_policy": 0.5, "max_new_tokens": 4},
+], ids=["supervised", "jsd-logits", "on-policy", "seq-kd-mixture"])
+def test_few_steps_through_the_api(options: dict) -> None:
+    from distill.api import Distiller
+
+    teacher, student = tiny_llama(hidden=48, seed=1), tiny_llama(hidden=32, seed=0)
+    before_t = {n: p.clone() for n, p in teacher.named_parameters()}
+    before_s = {n: p.clone() for n, p in student.named_parameters()}
+    loader = torch.utils.data.DataLoader(LMDataset(8), batch_size=4, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    d = Distiller(teacher, student, method="lm_kd", options=options, temperature=1.0, alpha=0.5, lr=1e-2,
+                  progress=False, channels_last=False)
+    d.fit(loader, epochs=2)
+    steps = [r for r in d.history if "loss" in r]
+    assert steps and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
+    assert any(float((p.detach() - before_s[n]).abs().max()) > 0 for n, p in student.named_parameters())
+    assert all(torch.equal(p, before_t[n]) for n, p in teacher.named_parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    log = d.method.generation_log
+    if options.get("on_policy") == 1.0:
+        assert len(log) == 4 and all(g["by"] == "student" for g in log)
+        assert [g["seed"] for g in log] == [0, 1, 2, 3]  # recorded, reproducible
+    elif options.get("seq_kd"):
+        assert sum(g["by"] == "teacher" for g in log) == 4 and sum(g["by"] == "student" for g in log) >= 1
+    else:
+        assert log == []
