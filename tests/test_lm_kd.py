@@ -175,3 +175,19 @@ def test_few_steps_through_the_api(options: dict) -> None:
         assert sum(g["by"] == "teacher" for g in log) == 4 and sum(g["by"] == "student" for g in log) >= 1
     else:
         assert log == []
+
+
+def test_readme_llm_example_runs() -> None:
+    import re
+
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index("## LLM distillation"):], flags=re.S).group(1)
+    torch.manual_seed(0)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    d = scope["d"]
+    last = d.history[-1]
+    assert last["phase"] == "distilled" and last["soft"] > 0 and last["hard"] > 0
+    assert all(g["by"] == "student" for g in d.method.generation_log)
