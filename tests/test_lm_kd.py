@@ -191,3 +191,23 @@ def test_readme_llm_example_runs() -> None:
     last = d.history[-1]
     assert last["phase"] == "distilled" and last["soft"] > 0 and last["hard"] > 0
     assert all(g["by"] == "student" for g in d.method.generation_log)
+
+
+def test_prompt_longer_than_the_context_is_refused(pair) -> None:
+    student, teacher = pair
+    method = build_method("lm_kd", copy.deepcopy(student), LiveTeacher(teacher, tune=False),
+                          options={"on_policy": 1.0, "max_new_tokens": 60})
+    method.train()
+    with pytest.raises(DistillError, match="context of 64 tokens"):
+        method(lm_batch(batch=2, length=8, prompt=6))
+
+
+def test_bf16_autocast_student_step_runs(pair) -> None:
+    student, teacher = pair
+    batch = lm_batch(batch=2, length=8)
+    s = copy.deepcopy(student)
+    method = build_method("lm_kd", s, LiveTeacher(teacher, tune=False), options={"head": "chunked"})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and all(p.grad is not None for p in s.lm_head.parameters())

@@ -146,8 +146,8 @@ class _ChunkedDivergence(torch.autograd.Function):
         for start in range(0, count, chunk):
             idx = rows[start:start + chunk]
             s, t = student.index_select(0, idx), teacher.index_select(0, idx)
-            if need:
-                with torch.enable_grad():
+            if need:  # float32 math even under an outer autocast (the softmaxes upcast anyway)
+                with torch.enable_grad(), torch.autocast(device_type=s.device.type, enabled=False):
                     s32 = s.float().requires_grad_(True)
                     per = rows_fn(s32, t)
                     (g,) = torch.autograd.grad(per.sum(), s32)
@@ -281,9 +281,10 @@ class _ChunkedHead(torch.autograd.Function):
         for start in range(0, n_soft, chunk):
             idx = rows[start:start + chunk]
             h = hs.index_select(0, idx).float()
-            with torch.no_grad():
+            no_autocast = torch.autocast(device_type=hs.device.type, enabled=False)  # float32 projections
+            with torch.no_grad(), no_autocast:
                 t_logits = F.linear(ht.index_select(0, idx).float(), wt32, bt32)
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(device_type=hs.device.type, enabled=False):
                 s_logits = F.linear(h, ws32, bs32).requires_grad_(True)
                 per = rows_fn(s_logits, t_logits)
                 total = per.sum() * (soft_weight / max(n_soft, 1))

@@ -204,6 +204,11 @@ class LMKD(Method):
         pad = getattr(config, "pad_token_id", None)
         pad = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
         width = int(first.max().clamp(min=1))
+        context = getattr(config, "max_position_embeddings", None)
+        if context is not None and width + self.options.max_new_tokens > int(context):
+            raise DistillError(f"lm_kd: a prompt of {width} tokens + max_new_tokens {self.options.max_new_tokens} "
+                               f"exceeds the {who}'s context of {context} tokens; shorten the prompts or lower "
+                               "distill.options.max_new_tokens")
         prompts = torch.full((ids.shape[0], width), pad, dtype=ids.dtype, device=ids.device)
         prompt_mask = torch.zeros_like(prompts)
         for i in range(ids.shape[0]):  # left-pad each row's prompt (its real tokens before the first label)
