@@ -211,3 +211,29 @@ def test_bf16_autocast_student_step_runs(pair) -> None:
         out = method(batch)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and all(p.grad is not None for p in s.lm_head.parameters())
+
+
+def test_completions_are_left_padded_prompts_plus_seeded_samples(pair) -> None:
+    """On-policy batches: each row's prompt (leading -100 labels) left-padded, then the student's sampled tokens as
+    the only targets; the same seed gives the same completion, and tokens after an EOS are padding."""
+    student, teacher = pair
+    batch = lm_batch(batch=3, length=8, prompt=3)
+    batch["labels"][2, :5] = -100  # a longer prompt in row 2
+    runs = []
+    for _ in range(2):
+        method = build_method("lm_kd", copy.deepcopy(student), LiveTeacher(teacher, tune=False),
+                              options={"on_policy": 1.0, "max_new_tokens": 6, "seed": 7})
+        runs.append(method._complete(method.student, batch, "student"))
+    a, b = runs
+    assert torch.equal(a["input_ids"], b["input_ids"])  # recorded seed: reproducible
+    assert a["input_ids"].shape == (3, 5 + 6)
+    assert torch.equal(a["input_ids"][2, :5], batch["input_ids"][2, :5])
+    assert torch.equal(a["input_ids"][0, 2:5], batch["input_ids"][0, :3])  # left-padded
+    assert torch.equal(a["attention_mask"][0, :5], torch.tensor([0, 0, 1, 1, 1]))
+    assert bool((a["labels"][:, :5] == -100).all())
+    gen, gen_labels, alive = a["input_ids"][:, 5:], a["labels"][:, 5:], a["attention_mask"][:, 5:].bool()
+    assert torch.equal(gen_labels[alive], gen[alive]) and bool((gen_labels[~alive] == -100).all())
+    for row, keep in zip(gen, alive):  # everything after the first EOS (id 2) is padding; the EOS itself a target
+        eos = (row == 2).nonzero()
+        if len(eos):
+            assert bool(keep[: eos[0, 0] + 1].all()) and not bool(keep[eos[0, 0] + 1:].any())
