@@ -237,3 +237,22 @@ def test_completions_are_left_padded_prompts_plus_seeded_samples(pair) -> None:
         eos = (row == 2).nonzero()
         if len(eos):
             assert bool(keep[: eos[0, 0] + 1].all()) and not bool(keep[eos[0, 0] + 1:].any())
+
+
+def test_layer_subset_decoder_student_distils() -> None:
+    """Issue 10 item 4: a student initialised from every other decoder block of the teacher (DistilBERT's
+    construction on a Llama) generates with its own KV cache and trains with lm_kd."""
+    from distill.api import Distiller
+    from distill.hf import layer_subset_student
+
+    teacher = tiny_llama(hidden=32, layers=4, seed=3)
+    student = layer_subset_student(teacher)
+    assert student.config.num_hidden_layers == 2
+    for name, p in student.model.layers[1].named_parameters():
+        assert torch.equal(p, teacher.model.layers[2].get_parameter(name))
+    assert student.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False,
+                            pad_token_id=0).shape == (1, 6)
+    loader = torch.utils.data.DataLoader(LMDataset(4), batch_size=4)
+    d = Distiller(teacher, student, method="lm_kd", alpha=0.5, temperature=1.0, progress=False, channels_last=False)
+    d.fit(loader, epochs=1)
+    assert torch.isfinite(torch.tensor(d.history[-1]["loss"]))
