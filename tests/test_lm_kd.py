@@ -256,3 +256,23 @@ def test_layer_subset_decoder_student_distils() -> None:
     d = Distiller(teacher, student, method="lm_kd", alpha=0.5, temperature=1.0, progress=False, channels_last=False)
     d.fit(loader, epochs=1)
     assert torch.isfinite(torch.tensor(d.history[-1]["loss"]))
+
+
+def test_lm_metrics_match_the_models_own_loss(pair) -> None:
+    from distill.api import Distiller
+    from distill.engine.evaluate import lm_metrics
+
+    student, teacher = pair
+    batch = lm_batch(batch=3, length=8)
+    with torch.no_grad():
+        own = student(**batch).loss.item()  # HF's shifted labels loss
+    got = lm_metrics(student, [batch])
+    assert got["nll"] == pytest.approx(own, rel=1e-5)
+    assert got["tokens"] == float((next_token_labels(batch) != -100).sum())
+    assert lm_metrics(student, [pad_lm(batch, 16)])["nll"] == pytest.approx(own, rel=1e-5)  # padding never counts
+    same = lm_metrics(student, [batch], teacher=copy.deepcopy(student))
+    assert same["agreement"] == 1.0 and abs(same["kl_to_teacher"]) < 1e-6
+    assert same["teacher_nll"] == pytest.approx(same["nll"], rel=1e-6)
+    d = Distiller(teacher, student, method="lm_kd", progress=False)
+    out = d.evaluate([batch])
+    assert set(out) >= {"nll", "perplexity", "accuracy", "agreement", "kl_to_teacher", "teacher_nll"}
