@@ -217,3 +217,12 @@ def test_chunked_cross_entropy_equals_hard_loss() -> None:
         grads.append((loss.item(), x.grad))
     assert grads[1][0] == pytest.approx(grads[0][0], abs=1e-6)
     torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-6, rtol=0)
+
+
+def test_no_gradient_work_under_no_grad() -> None:
+    s, t, mask = logits()
+    x = torch.tensor(s, dtype=torch.float32, requires_grad=True)
+    with torch.no_grad():
+        value = forward_kl(x, torch.tensor(t, dtype=torch.float32), mask=torch.tensor(mask), chunk_size=4)
+    assert not value.requires_grad
+    assert value.item() == pytest.approx(np_reference("forward_kl", s, t, 1.0, mask), rel=1e-5)

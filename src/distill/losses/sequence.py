@@ -138,8 +138,8 @@ class _ChunkedDivergence(torch.autograd.Function):
     forward pass (into one buffer shaped like the student's logits) and handed out in the backward pass."""
 
     @staticmethod
-    def forward(ctx, student, teacher, rows, rows_fn, chunk):  # type: ignore[override]
-        need = ctx.needs_input_grad[0]
+    def forward(ctx, student, teacher, rows, rows_fn, chunk, want_grad):  # type: ignore[override]
+        need = ctx.needs_input_grad[0] and want_grad
         grad = torch.zeros_like(student) if need else None
         count = rows.numel()
         total = torch.zeros((), dtype=torch.float64, device=student.device)
@@ -168,7 +168,7 @@ class _ChunkedDivergence(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if not bool(grad_out == 1):
             grad.mul_(grad_out.to(grad.dtype))  # in place: no second (N, V) buffer
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def sequence_divergence(
@@ -193,7 +193,7 @@ def sequence_divergence(
         return student_logits.float().sum() * 0.0
     if chunk_size is None:
         return rows_fn(s.index_select(0, rows), t.index_select(0, rows)).mean()
-    return _ChunkedDivergence.apply(s, t, rows, rows_fn, _chunk_rows(chunk_size, vocab))
+    return _ChunkedDivergence.apply(s, t, rows, rows_fn, _chunk_rows(chunk_size, vocab), torch.is_grad_enabled())
 
 
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
@@ -257,7 +257,7 @@ def chunked_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor | N
         return student_logits.float().sum() * 0.0
     y = labels.reshape(-1, 1).to(student_logits.device)
     return _ChunkedDivergence.apply(student_logits.reshape(-1, vocab), y, rows, _ce_rows,
-                                    _chunk_rows(chunk_size, vocab))
+                                    _chunk_rows(chunk_size, vocab), torch.is_grad_enabled())
 
 
 class _ChunkedHead(torch.autograd.Function):
@@ -265,8 +265,8 @@ class _ChunkedHead(torch.autograd.Function):
     logits one chunk of rows at a time; gradients for the student's hidden states, head weight and bias."""
 
     @staticmethod
-    def forward(ctx, hs, ws, bs, ht, wt, bt, rows, labels, rows_fn, soft_weight, hard_weight, chunk):  # type: ignore[override]
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+    def forward(ctx, hs, ws, bs, ht, wt, bt, rows, labels, rows_fn, soft_weight, hard_weight, chunk, want_grad):  # type: ignore[override]
+        need_h, need_w, need_b = (bool(ctx.needs_input_grad[i] and want_grad) for i in range(3))
         need = need_h or need_w or need_b
         grad_h = torch.zeros_like(hs) if need_h else None
         grad_w = torch.zeros(ws.shape, dtype=torch.float32, device=ws.device) if need_w else None
@@ -323,7 +323,7 @@ class _ChunkedHead(torch.autograd.Function):
                 continue
             g = g * grad_out.to(g.dtype) if not bool(grad_out == 1) else g
             grads.append(g.to(dtype) if dtype is not None else g)
-        return grads[0], grads[1], grads[2], None, None, None, None, None, None, None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None, None, None, None, None, None, None
 
 
 def chunked_head_loss(
@@ -360,4 +360,5 @@ def chunked_head_loss(
         zero = hs.float().sum() * 0.0 + ws.float().sum() * 0.0
         return zero, zero.detach(), zero.detach()
     return _ChunkedHead.apply(hs, ws, bs, ht, wt.detach(), bt.detach() if bt is not None else None, rows, y, rows_fn,
-                              float(soft_weight), float(hard_weight), _chunk_rows(chunk_size, ws.shape[0]))
+                              float(soft_weight), float(hard_weight), _chunk_rows(chunk_size, ws.shape[0]),
+                              torch.is_grad_enabled())

@@ -21,8 +21,8 @@ Training modes (`prepare_batch`, before each training step; one training loop):
 - `on_policy: λ`: a fraction λ of batches is replaced by completions sampled from the current student, scored token
   by token by the teacher (GKD). Mixtures: both options together (seq-KD batches, of which λ are on-policy instead).
 A row's prompt is its leading positions labelled -100 (the whole row when it has no label). Generation uses the
-model's own `generate` (sampling at `gen_temperature`, `max_new_tokens`), seeded with `seed` + the number of
-generations so far (recorded in `self.generation_log`), so a run's completions are reproducible.
+model's own `generate` (sampling at `gen_temperature`, `max_new_tokens`), seeded with `seed + 2·step` (+1 for the
+student; recorded in `self.generation_log`), so a run's completions — and a resumed run's — are reproducible.
 
 Before the first step `check` refuses models with different vocabularies (cross-tokenizer distillation is not
 supported); `check_vocabulary` also compares tokenizers when given.
@@ -111,7 +111,7 @@ class LMKD(Method):
         o = self.options
         self.rows_fn = divergence_rows(o.divergence, temperature=self.temperature, beta=o.beta,
                                        skew_alpha=o.skew_alpha)
-        self._rng = random.Random(o.seed)  # which batches are on-policy
+        self._step = 0  # training steps so far (set by on_step; counted here when called directly)
         self.generation_log: list[dict[str, Any]] = []  # one record per generation: who, seed, rows, tokens
 
     @classmethod
@@ -170,22 +170,29 @@ class LMKD(Method):
         return {"loss": loss, "soft": soft.detach(), "hard": hard.detach()}
 
     # ---- training modes: the batch a step trains on ---------------------------------------------------------------
+    def on_step(self, done: int, total: int) -> None:
+        self._step = done
+
     def prepare_batch(self, batch: Any) -> Any:
+        """Step n's batch: with `seq_kd` the teacher's completions of its prompts; with probability λ (decided by
+        `seed` and n alone, so a resumed run decides as the uninterrupted one) the student's."""
         o = self.options
         if self.training and isinstance(batch, dict) and not batch.get("next_token"):
+            step = self._step
+            self._step += 1
             if o.seq_kd:
                 teacher_model = getattr(self.teacher, "model", None)
                 if teacher_model is None:
                     raise DistillError("lm_kd seq_kd: the teacher must run live (not from a cache) to generate")
-                batch = self._complete(teacher_model, batch, "teacher")
-            if o.on_policy > 0 and self._rng.random() < o.on_policy:
+                batch = self._complete(teacher_model, batch, "teacher", step)
+            if o.on_policy > 0 and random.Random(f"{o.seed}:{step}").random() < o.on_policy:
                 if getattr(self.teacher, "model", None) is None:
                     raise DistillError("lm_kd on_policy: the teacher must run live (not from a cache) to score the "
                                        "student's completions")
-                batch = self._complete(self.student, batch, "student")
+                batch = self._complete(self.student, batch, "student", step)
         return super().prepare_batch(batch)
 
-    def _complete(self, model: nn.Module, batch: dict, who: str) -> dict:
+    def _complete(self, model: nn.Module, batch: dict, who: str, step: int = 0) -> dict:
         """The batch's prompts (each row's leading -100-labelled real tokens), left-padded, completed by `model`'s
         `generate`; labels are the generated tokens (-100 on prompts, padding and everything after an EOS)."""
         ids, attention = batch["input_ids"], batch.get("attention_mask")
@@ -216,7 +223,7 @@ class LMKD(Method):
             if row.numel():
                 prompts[i, width - row.numel():] = row
                 prompt_mask[i, width - row.numel():] = 1
-        seed = self.options.seed + len(self.generation_log)
+        seed = self.options.seed + 2 * step + (who == "student")  # recorded in generation_log
         was_training = model.training
         model.eval()
         try:
@@ -233,7 +240,7 @@ class LMKD(Method):
             is_eos = torch.isin(new, torch.tensor(sorted(eos_ids), device=new.device))
             alive = (is_eos.long().cumsum(1) - is_eos.long()) == 0
         new_labels = new.masked_fill(~alive, IGNORE_INDEX)
-        self.generation_log.append({"by": who, "seed": seed, "rows": int(ids.shape[0]),
+        self.generation_log.append({"by": who, "step": step, "seed": seed, "rows": int(ids.shape[0]),
                                     "new_tokens": int(alive.sum())})
         return {
             **{k: batch[k] for k in ("index", "view") if k in batch},
