@@ -276,3 +276,19 @@ def test_lm_metrics_match_the_models_own_loss(pair) -> None:
     d = Distiller(teacher, student, method="lm_kd", progress=False)
     out = d.evaluate([batch])
     assert set(out) >= {"nll", "perplexity", "accuracy", "agreement", "kl_to_teacher", "teacher_nll"}
+
+
+@pytest.mark.parametrize("head", ["chunked", "logits"])
+def test_bf16_mixed_precision_steps(head: str) -> None:
+    """mixed_precision='bf16' (student under bf16 autocast, the live teacher in float32): finite, trains."""
+    from distill.api import Distiller
+
+    teacher, student = tiny_llama(hidden=48, seed=1), tiny_llama(hidden=32, seed=0)
+    before = student.lm_head.weight.detach().clone()
+    loader = torch.utils.data.DataLoader(LMDataset(8), batch_size=4)
+    d = Distiller(teacher, student, method="lm_kd", options={"head": head}, alpha=0.5, temperature=1.0, lr=1e-2,
+                  mixed_precision="bf16", progress=False, channels_last=False)
+    d.fit(loader, epochs=1)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in d.history if "loss" in r)
+    assert not torch.equal(student.lm_head.weight.detach(), before)
+    assert student.lm_head.weight.dtype == torch.float32  # autocast, not a cast of the weights
