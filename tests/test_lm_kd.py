@@ -279,16 +279,21 @@ def test_lm_metrics_match_the_models_own_loss(pair) -> None:
 
 
 @pytest.mark.parametrize("head", ["chunked", "logits"])
-def test_bf16_mixed_precision_steps(head: str) -> None:
-    """mixed_precision='bf16' (student under bf16 autocast, the live teacher in float32): finite, trains."""
-    from distill.api import Distiller
-
+def test_bf16_autocast_steps(head: str) -> None:
+    """Steps under bf16 autocast (what Accelerate's mixed_precision='bf16' wraps forward in; its global state cannot
+    be switched inside one test process): finite, trains, weights stay float32."""
     teacher, student = tiny_llama(hidden=48, seed=1), tiny_llama(hidden=32, seed=0)
+    method = build_method("lm_kd", student, LiveTeacher(teacher, tune=False), temperature=1.0, alpha=0.5,
+                          options={"head": head})
     before = student.lm_head.weight.detach().clone()
-    loader = torch.utils.data.DataLoader(LMDataset(8), batch_size=4)
-    d = Distiller(teacher, student, method="lm_kd", options={"head": head}, alpha=0.5, temperature=1.0, lr=1e-2,
-                  mixed_precision="bf16", progress=False, channels_last=False)
-    d.fit(loader, epochs=1)
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in d.history if "loss" in r)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    batch = lm_batch(batch=3, length=8)
+    for _ in range(3):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = method(batch)
+        assert torch.isfinite(out["loss"])
+        out["loss"].backward()
+        opt.step()
     assert not torch.equal(student.lm_head.weight.detach(), before)
-    assert student.lm_head.weight.dtype == torch.float32  # autocast, not a cast of the weights
+    assert student.lm_head.weight.dtype == torch.float32
