@@ -161,8 +161,10 @@ def test_few_steps_through_the_api(options: dict) -> None:
                                          generator=torch.Generator().manual_seed(0))
     d = Distiller(teacher, student, method="lm_kd", options=options, temperature=1.0, alpha=0.5, lr=1e-2,
                   progress=False, channels_last=False)
-    d.fit(loader, epochs=2)
+    d.fit(loader, epochs=2, val_loader=torch.utils.data.DataLoader(LMDataset(4, seed=9), batch_size=4))
     steps = [r for r in d.history if "loss" in r]
+    val = [r for r in d.history if "val_nll" in r]
+    assert len(val) == 2 and all(0 <= r["val_accuracy"] <= 1 for r in val)  # next-token validation per epoch
     assert steps and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
     assert any(float((p.detach() - before_s[n]).abs().max()) > 0 for n, p in student.named_parameters())
     assert all(torch.equal(p, before_t[n]) for n, p in teacher.named_parameters())

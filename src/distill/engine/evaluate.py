@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..batch import forward_logits, inputs_of, labels_of, next_token_batch, to_device, token_mask
+from ..batch import forward_logits, inputs_of, is_causal_lm, labels_of, next_token_batch, to_device, token_mask
 from ..losses import IGNORE_INDEX
 from .io import state_bytes
 
@@ -51,10 +51,17 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device | None =
 
 def student_validation(loader: DataLoader | None, device: torch.device) -> Callable[[nn.Module], dict[str, float]] | None:
     """The per-epoch validation both surfaces use: `evaluate(method) -> {"accuracy": ...}` of the method's student
-    on `loader` (the teacher is not run), or None without a loader."""
+    on `loader` (the teacher is not run; a causal LM's next-token accuracy and `nll`), or None without a loader."""
     if loader is None:
         return None
-    return lambda method: {"accuracy": accuracy(method.student, loader, device)}
+
+    def validate(method: nn.Module) -> dict[str, float]:
+        if is_causal_lm(method.student):  # next-token accuracy and NLL over real targets
+            scores = lm_metrics(method.student, loader, device)
+            return {"accuracy": scores["accuracy"], "nll": scores["nll"]}
+        return {"accuracy": accuracy(method.student, loader, device)}
+
+    return validate
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, Any]:
