@@ -98,7 +98,11 @@ def test_chunked_head_equals_naive_logits_loss(pair, options: dict) -> None:
         s = copy.deepcopy(student)
         method = build_method("lm_kd", s, LiveTeacher(teacher, tune=False), temperature=1.5, alpha=0.7,
                               options={**options, **extra})
+        calls = []
+        hook = s.lm_head.register_forward_hook(lambda *a: calls.append(1))
         out = method(batch)
+        hook.remove()
+        assert bool(calls) == (extra["head"] == "logits")  # the chunked head never builds the logits
         out["loss"].backward()
         grads.append((out["loss"].item(), {n: p.grad.clone() for n, p in s.named_parameters()}))
     assert grads[1][0] == pytest.approx(grads[0][0], abs=1e-6)
@@ -299,3 +303,20 @@ def test_bf16_autocast_steps(head: str) -> None:
         opt.step()
     assert not torch.equal(student.lm_head.weight.detach(), before)
     assert student.lm_head.weight.dtype == torch.float32
+
+
+def test_hf_trainer_with_lm_kd_trains_and_evaluates(tmp_path) -> None:
+    """distill.hf.DistillationTrainer with method='lm_kd': training steps take the chunked head, evaluate gets the
+    student's logits (eval mode runs the logits path)."""
+    from transformers import TrainingArguments
+
+    from distill.hf import DistillationTrainer
+
+    teacher, student = tiny_llama(hidden=48, seed=1), tiny_llama(hidden=32, seed=0)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                             max_steps=2, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=LMDataset(8),
+                                  eval_dataset=LMDataset(4, seed=3), method="lm_kd", temperature=1.0, alpha=0.5)
+    trainer.train()
+    scores = trainer.evaluate()
+    assert torch.isfinite(torch.tensor(scores["eval_loss"]))

@@ -11,8 +11,9 @@ gradient's scale independent of T; at T = 1 (the usual LLM setting) the soft ter
 
 Memory: with `head: chunked` (the default `auto` picks it when both models expose an `lm_head` and the teacher runs
 live) the loss gets both models' final hidden states and `lm_head` weights and projects to the vocabulary one chunk
-of tokens at a time (`losses.chunked_head_loss`): no `(B·T, V)` logits tensor of either model ever exists. With
-`head: logits` the models' logits are used and the divergence is chunked (`chunk_size`; null = naive).
+of tokens at a time (`losses.chunked_head_loss`): no `(B·T, V)` logits tensor of either model ever exists (training
+steps; in eval mode the logits path runs). With `head: logits` the models' logits are used and the divergence is
+chunked (`chunk_size`; null = naive).
 
 Training modes (`prepare_batch`, before each training step; one training loop):
 - supervised KD: the batch as given (text with labels; -100 on prompts);
@@ -126,7 +127,9 @@ class LMKD(Method):
 
     # ---- the loss -------------------------------------------------------------------------------------------------
     def _chunked_parts(self, batch: Any) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module] | None:
-        if self.options.head == "logits":
+        # Training steps only: in eval mode (no backward) the student's full forward runs, so callers that read its
+        # output (the HF Trainer's evaluate / compute_metrics) get the logits.
+        if self.options.head == "logits" or not self.training:
             return None
         teacher_model = getattr(self.teacher, "model", None)
         s, t = _base_and_head(self.student), _base_and_head(teacher_model) if teacher_model is not None else None
