@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .batch import to_device
+from .batch import is_causal_lm, to_device
 from .config import DistillConfig, TrainConfig, one_line
-from .engine.evaluate import classification_metrics, predict, student_validation
+from .engine.evaluate import classification_metrics, lm_metrics, predict, student_validation
 from .engine.loop import fit, peek
 from .engine.metrics import MetricsLog
 from .engine.phases import check_teachers, run_generations
@@ -146,9 +146,14 @@ class Distiller:
 
     def evaluate(self, loader: DataLoader) -> dict[str, float]:
         """Student metrics on `loader`: accuracy, nll, ece, and agreement / kl_to_teacher against the teacher (with
-        several teachers, the mean of their probabilities)."""
+        several teachers, the mean of their probabilities). For a causal-LM student: next-token metrics over real
+        target tokens (`engine.evaluate.lm_metrics`: nll, perplexity, accuracy, agreement, kl_to_teacher,
+        teacher_nll)."""
         device = self.accelerator.device
         self._student.to(device)
+        if is_causal_lm(self._student):  # next-token metrics over real target tokens, streamed (engine.lm_metrics)
+            models = [t for t in self.teachers if isinstance(t, nn.Module)]
+            return lm_metrics(self._student, loader, device, models[0].to(device) if len(models) == 1 else None)
         logits, labels = predict(self._student, loader, device)
         out = classification_metrics(logits, labels, self._teacher_logits(loader, device))
         out.pop("reliability", None)

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-RESERVED_KEYS = ("labels", "index", "view")  # view: augmentation view id (augment.py), for teacher caches
+SHIFTED_KEY = "next_token"  # set by next_token_batch: labels are already next-token targets
+# view: augmentation view id (augment.py), for teacher caches; next_token: see next_token_batch
+RESERVED_KEYS = ("labels", "index", "view", SHIFTED_KEY)
 IGNORE_INDEX = -100  # a label that is not a target: an unlabelled example, or a position that is not a prediction
 
 
@@ -69,6 +71,62 @@ def token_mask(batch: Any, logits: torch.Tensor) -> torch.Tensor | None:
         labelled = labels.to(logits.device) != IGNORE_INDEX
         mask = labelled if mask is None else mask.to(logits.device) & labelled
     return None if mask is None else mask.to(logits.device)
+
+
+def is_causal_lm(model: Any) -> bool:
+    """Does `model` predict the *next* token at each position (a decoder-only LM: `AutoModelForCausalLM`)?
+
+    A module may say so itself with a `distill_causal_lm` attribute (True/False); otherwise a Hugging Face model that
+    can `generate` and is not an encoder-decoder is one. Every loss then pairs position t's prediction with token t+1
+    (`next_token_batch`)."""
+    own = getattr(model, "distill_causal_lm", None)
+    if own is not None:
+        return bool(own)
+    can_generate = getattr(model, "can_generate", None)
+    config = getattr(model, "config", None)
+    if not callable(can_generate) or config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    try:
+        return bool(can_generate())
+    except Exception:  # noqa: BLE001 - a model whose check itself fails is not one we can treat as causal
+        return False
+
+
+def next_token_labels(batch: Any) -> torch.Tensor | None:
+    """Per-position targets of a causal-LM batch aligned with its logits: `out[:, t]` is the token that position t
+    must predict, `labels[:, t + 1]` (or `input_ids[:, t + 1]` for a batch without labels, as HF models do), and -100
+    where there is none: the last position, positions whose next token is padding or a prompt token (-100), and
+    padding positions themselves (`attention_mask` 0 at t or t + 1). None for a batch with neither."""
+    if not isinstance(batch, Mapping):
+        return None
+    labels = batch.get("labels")
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 2:
+        labels = batch.get("input_ids")
+        if not isinstance(labels, torch.Tensor) or labels.ndim != 2:
+            return None
+    nxt = torch.full_like(labels, IGNORE_INDEX)
+    nxt[:, :-1] = labels[:, 1:]
+    mask = attention_mask_of(batch)
+    if mask is not None and mask.shape == labels.shape:
+        mask = mask.to(labels.device)
+        real = torch.zeros_like(mask)
+        real[:, :-1] = mask[:, :-1] & mask[:, 1:]
+        nxt = nxt.masked_fill(~real, IGNORE_INDEX)
+    return nxt
+
+
+def next_token_batch(batch: Any) -> Any:
+    """The batch with `labels` replaced by `next_token_labels` (the model inputs unchanged), so `labels_of`,
+    `token_mask` and every loss see position t paired with token t+1. Marked, so applying it twice changes nothing."""
+    if not isinstance(batch, Mapping) or batch.get(SHIFTED_KEY) is not None:
+        return batch
+    labels = next_token_labels(batch)
+    if labels is None:
+        return batch
+    out = dict(batch)
+    out["labels"] = labels
+    out[SHIFTED_KEY] = True
+    return out
 
 
 def feature_mask(batch: Any, feature: torch.Tensor) -> torch.Tensor | None:

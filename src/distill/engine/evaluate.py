@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..batch import forward_logits, inputs_of, labels_of, to_device
+from ..batch import forward_logits, inputs_of, is_causal_lm, labels_of, next_token_batch, to_device, token_mask
 from ..losses import IGNORE_INDEX
 from .io import state_bytes
 
@@ -51,10 +51,17 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device | None =
 
 def student_validation(loader: DataLoader | None, device: torch.device) -> Callable[[nn.Module], dict[str, float]] | None:
     """The per-epoch validation both surfaces use: `evaluate(method) -> {"accuracy": ...}` of the method's student
-    on `loader` (the teacher is not run), or None without a loader."""
+    on `loader` (the teacher is not run; a causal LM's next-token accuracy and `nll`), or None without a loader."""
     if loader is None:
         return None
-    return lambda method: {"accuracy": accuracy(method.student, loader, device)}
+
+    def validate(method: nn.Module) -> dict[str, float]:
+        if is_causal_lm(method.student):  # next-token accuracy and NLL over real targets
+            scores = lm_metrics(method.student, loader, device)
+            return {"accuracy": scores["accuracy"], "nll": scores["nll"]}
+        return {"accuracy": accuracy(method.student, loader, device)}
+
+    return validate
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, Any]:
@@ -99,6 +106,48 @@ def classification_metrics(
         out["agreement"] = float((logits.argmax(-1) == t.argmax(-1)).float().mean())
         log_p, log_q = t.log_softmax(-1), logits.log_softmax(-1)
         out["kl_to_teacher"] = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    return out
+
+
+@torch.inference_mode()
+def lm_metrics(model: nn.Module, loader: DataLoader, device: torch.device | None = None,
+               teacher: nn.Module | None = None) -> dict[str, float]:
+    """Next-token metrics of a causal LM over the real target tokens of `loader` (position t scored against token
+    t+1; prompt tokens (-100) and padding never count), streamed batch by batch (no logits are kept):
+    `nll` (nats/token), `perplexity`, `accuracy` (top-1 = the next token), `tokens`, and with a `teacher`:
+    `agreement` (same top-1), `kl_to_teacher` (KL(teacher ‖ model) per token at T = 1) and `teacher_nll`."""
+    device = device or next(model.parameters()).device
+    models = [m for m in (model, teacher) if m is not None]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    sums = {"nll": 0.0, "correct": 0.0, "agree": 0.0, "kl": 0.0, "teacher_nll": 0.0}
+    count = 0
+    try:
+        for batch in loader:
+            batch = next_token_batch(to_device(batch, device))
+            logits = forward_logits(model, inputs_of(batch)).float()
+            mask = token_mask(batch, logits)
+            labels = labels_of(batch)
+            keep = (labels != IGNORE_INDEX) if mask is None else mask & (labels != IGNORE_INDEX)
+            s, y = logits[keep], labels[keep].long()
+            count += int(y.numel())
+            sums["nll"] += float(F.cross_entropy(s, y, reduction="sum"))
+            sums["correct"] += float((s.argmax(-1) == y).sum())
+            if teacher is not None:
+                t = forward_logits(teacher, inputs_of(batch)).float()[keep]
+                log_p, log_q = t.log_softmax(-1), s.log_softmax(-1)
+                sums["kl"] += float((log_p.exp() * (log_p - log_q)).sum())
+                sums["agree"] += float((s.argmax(-1) == t.argmax(-1)).sum())
+                sums["teacher_nll"] += float(F.cross_entropy(t, y, reduction="sum"))
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    n = max(count, 1)
+    out = {"nll": sums["nll"] / n, "perplexity": float(np.exp(sums["nll"] / n)), "accuracy": sums["correct"] / n,
+           "tokens": float(count)}
+    if teacher is not None:
+        out.update(agreement=sums["agree"] / n, kl_to_teacher=sums["kl"] / n, teacher_nll=sums["teacher_nll"] / n)
     return out
 
 

@@ -1,6 +1,6 @@
 """Pure loss functions: `logits.py` (Hinton KD family, DKD, logit standardisation), `features.py` (hint, attention,
-RKD, PKT, CRD, cosine), `embedding.py` (sentence embeddings, per-token
-hidden-state cosine)."""
+RKD, PKT, CRD, cosine), `embedding.py` (sentence embeddings, per-token hidden-state cosine), `sequence.py` (token-level
+divergences for LM distillation, chunked over the vocabulary)."""
 
 from .embedding import embedding_loss, mean_pool, token_cosine_loss
 from .features import (
@@ -25,9 +25,24 @@ from .logits import (
     kd_loss,
     standardize_logits,
 )
+from .sequence import (
+    DIVERGENCES,
+    chunked_cross_entropy,
+    chunked_head_loss,
+    divergence_rows,
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    sequence_divergence,
+    skew_kl,
+    total_variation,
+)
 
 __all__ = [
     "IGNORE_INDEX", "as_vectors", "embedding_loss", "mean_pool", "token_cosine_loss", "attention_loss", "binary_hard_loss", "binary_kd_loss", "cosine_loss", "crd_loss", "dkd_loss",
     "dkd_parts", "hard_loss", "hinton_loss", "hint_loss", "kd_loss", "pkt_loss", "rkd_angle_loss",
     "rkd_distance_loss", "rkd_loss", "standardize_logits",
+    # sequence.py
+    "DIVERGENCES", "chunked_cross_entropy", "chunked_head_loss", "divergence_rows", "forward_kl", "generalized_jsd", "reverse_kl",
+    "sequence_divergence", "skew_kl", "total_variation",
 ]

@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+from ..batch import is_causal_lm, next_token_batch
 from ..config import DistillConfig, one_line
 from ..errors import DistillError
 from ..registry import Registry
@@ -57,6 +58,19 @@ class Method(nn.Module):
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
+        self._causal: bool | None = None
+        # Every call `method(batch)` (the loop's, DDP's, the HF Trainer's) first passes the batch through
+        # `prepare_batch`, so no method's forward can forget the next-token shift of causal LMs.
+        self.register_forward_pre_hook(_prepare_hook)
+
+    def prepare_batch(self, batch: Any) -> Any:
+        """The batch `forward` sees. Default: for a causal-LM student (`batch.is_causal_lm`), labels become next-token
+        targets (`batch.next_token_batch`: position t is scored against token t+1, prompt tokens (-100) and padding
+        never count), so every method's hard and soft terms compare the right positions. Methods may extend it
+        (e.g. replace a batch by the student's own completions) and then call `super().prepare_batch`."""
+        if self._causal is None:
+            self._causal = is_causal_lm(self.student)
+        return next_token_batch(batch) if self._causal else batch
 
     # Hooks the pipeline reads generically (no method names in the engine); the defaults describe plain KD.
     @classmethod
@@ -102,6 +116,10 @@ class Method(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _prepare_hook(module: Method, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (module.prepare_batch(args[0]), *args[1:]) if args else args
 
 
 def build_method(
