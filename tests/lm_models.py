@@ -36,3 +36,15 @@ def token_sequences(n: int = 5, *, vocab: int = LM_VOCAB, seed: int = 0) -> list
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(3, 12, (n,), generator=g)
     return [torch.randint(0, vocab, (int(length),), generator=g).tolist() for length in lengths]
+
+
+class SpaceTokenizer(WordTokenizer):
+    """Whitespace tokenizer over `LM_VOCAB` ids (no chat template): id = 3 + crc32(word) mod (vocab - 3)."""
+
+    chat_template = None
+    eos_token_id, pad_token_id = 2, 0
+
+    def __call__(self, text: str, **_: object) -> dict[str, list[int]]:
+        import zlib
+
+        return {"input_ids": [1] + [3 + zlib.crc32(w.encode()) % (len(self.vocab) - 3) for w in text.split()]}
