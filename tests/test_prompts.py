@@ -34,6 +34,11 @@ def test_teacher_answers_are_its_greedy_continuations_and_are_stored(tmp_path) -
         assert a_ids == alone and 1 <= len(a_ids) <= 6
     assert answers.sequences()[0] == answers.prompt_ids[0] + answers.answer_ids[0]
     assert sum(map(sum, answers.answer_masks())) == answers.num_answer_tokens
+    # the prediction at position t targets token t + 1: the last prompt position predicts the first answer token
+    targets = answers.target_masks()
+    assert sum(map(sum, targets)) == answers.num_answer_tokens
+    n = len(answers.prompt_ids[0])
+    assert targets[0][n - 1] and not targets[0][-1] and not any(targets[0][: n - 1])
     again = teacher_answers(teacher, tok, prompts, out=tmp_path / "a", max_new_tokens=6, batch_size=2, progress=False)
     assert again.answer_ids == answers.answer_ids and again.manifest["decoding"] == "greedy"
     assert "chat template" in again.manifest["how"] and again.manifest["teacher_sha256"]

@@ -70,6 +70,11 @@ class TeacherAnswers:
         """Per sequence, True on answer tokens (the distillation targets; prompt tokens are context only)."""
         return [[False] * len(p) + [True] * len(a) for p, a in zip(self.prompt_ids, self.answer_ids)]
 
+    def target_masks(self) -> list[list[bool]]:
+        """Per sequence, True at the positions whose *next* token is an answer token: where a causal LM's
+        prediction (and a logit cache's entry, which is aligned with positions) is a distillation target."""
+        return [m[1:] + [False] for m in self.answer_masks()]
+
     @property
     def num_answer_tokens(self) -> int:
         return sum(map(len, self.answer_ids))

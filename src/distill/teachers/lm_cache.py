@@ -294,9 +294,10 @@ class LMLogitCache:
             out[key] = t.long() if key in ("tokens", "ids") else t.float()
         return out
 
-    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Right-padded batch: `input_ids (B, T)`, `attention_mask (B, T)`, `mask (B, T)` bool, and the cached
-        entries `(B, T, k)` / `(B, T)` (zeros on padding)."""
+    def batch(self, indices: Sequence[int], masks: Sequence[Sequence[bool]] | None = None) -> dict[str, torch.Tensor]:
+        """Right-padded batch: `input_ids (B, T)`, `attention_mask (B, T)`, `mask (B, T)` bool (real positions, and
+        within them `masks[i]` when given, one bool per position of every cached sequence), and the cached entries
+        `(B, T, k)` / `(B, T)` (zeros on padding)."""
         rows = [self.sequence(int(i)) for i in indices]
         length = max(len(r["tokens"]) for r in rows)
         out: dict[str, torch.Tensor] = {}
@@ -307,9 +308,14 @@ class LMLogitCache:
                 out[key][n, : len(r[key])] = r[key]
         out["input_ids"] = out.pop("tokens")
         out["mask"] = torch.zeros(len(rows), length, dtype=torch.bool)
+        for n, (i, r) in enumerate(zip(indices, rows)):
+            keep = torch.ones(len(r["tokens"]), dtype=torch.bool) if masks is None else torch.tensor(masks[int(i)], dtype=torch.bool)
+            if len(keep) != len(r["tokens"]):
+                raise DistillError(f"mask for cached sequence {int(i)} has {len(keep)} entries, not {len(r['tokens'])}")
+            out["mask"][n, : len(r["tokens"])] = keep
+        out["attention_mask"] = torch.zeros(len(rows), length, dtype=torch.long)
         for n, r in enumerate(rows):
-            out["mask"][n, : len(r["tokens"])] = True
-        out["attention_mask"] = out["mask"].long()
+            out["attention_mask"][n, : len(r["tokens"])] = 1
         return out
 
     def loss(self, student_logits: torch.Tensor, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,
@@ -365,7 +371,9 @@ def fidelity_terms(
     log_recon = (recon / recon.sum(-1, keepdim=True)).clamp_min(1e-30).log()
     out["kl_uniform_tail"] = _kl_rows(log_p, log_recon)
     live_rest = log_p.scatter(-1, ids, -math.inf).logsumexp(-1)
-    out["kl_coarse"] = _kl_rows(torch.cat([log_p.gather(-1, ids), live_rest.unsqueeze(-1)], -1), coarse_cached)
+    # a leftover below float16's smallest subnormal was stored as 0: compare it as 2^-24, not as log 0
+    coarse_stored = torch.cat([top, rest.clamp_min(2.0**-24).log().unsqueeze(-1)], -1)
+    out["kl_coarse"] = _kl_rows(torch.cat([log_p.gather(-1, ids), live_rest.unsqueeze(-1)], -1), coarse_stored)
     out["rest"] = rest
     return out
 
@@ -378,11 +386,13 @@ def _kl_rows(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
 def cache_fidelity(
     cache: LMLogitCache, live: Callable[[torch.Tensor], torch.Tensor],
     scorer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    masks: Sequence[Sequence[bool]] | None = None,
 ) -> dict[str, float]:
     """Mean of `fidelity_terms` over every cached position, with `live(tokens (L,)) -> logits (L, V)` the teacher and
     `scorer` likewise a student (None: the teacher scores itself). Adds `ce_gap` = mean(ce_cached - ce_live) (the
     cache's NLL bias on this data), `kl_gap` = mean(kl_cached - kl_live) (the bias of the training loss's value), and
-    `ce_abs_error` = mean |ce_cached - ce_live| per position."""
+    `ce_abs_error` = mean |ce_cached - ce_live| per position. `masks` (one bool list per sequence) restricts the
+    means to chosen positions, e.g. the answer tokens."""
     sums: dict[str, float] = {}
     n = 0
     for i in range(len(cache)):
@@ -390,10 +400,11 @@ def cache_fidelity(
         live_logits = live(entry["tokens"])
         terms = fidelity_terms(live_logits, entry, cache.form, None if scorer is None else scorer(entry["tokens"]))
         terms["ce_abs_error"] = (terms["ce_cached"] - terms["ce_live"]).abs()
+        keep = torch.ones(len(entry["tokens"]), dtype=torch.bool) if masks is None else torch.tensor(masks[i], dtype=torch.bool)
         for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + float(value.double().sum())
-        n += len(entry["tokens"])
-    out = {key: value / n for key, value in sums.items()}
+            sums[key] = sums.get(key, 0.0) + float(value.double()[keep].sum())
+        n += int(keep.sum())
+    out = {key: value / max(n, 1) for key, value in sums.items()}
     out["ce_gap"] = out["ce_cached"] - out["ce_live"]
     out["kl_gap"] = out["kl_cached"] - out["kl_live"]
     if "ce_renormalised" in out:
