@@ -74,18 +74,31 @@ def test_sampled_form_weights_and_seed(tmp_path, teacher, identity) -> None:
     a = build_lm_cache(teacher, seqs, tmp_path / "a", identity=identity, form="sampled", samples=16, seed=3)
     b = build_lm_cache(teacher, seqs, tmp_path / "b", identity=identity, form="sampled", samples=16, seed=3)
     assert a.manifest["file"]["sha256"] == b.manifest["file"]["sha256"]  # same seed, same draws
-    w = a.arrays["weights"].astype(np.float64)
-    assert np.allclose(w.sum(-1), 1.0)  # proposal = teacher: weights are count / K and sum to 1
-    assert np.allclose((w * 16).round(), w * 16)
-    ids = a.arrays["ids"]
-    for row_ids, row_w in zip(ids, w):
-        used = row_ids[row_w > 0]
-        assert len(set(used.tolist())) == len(used)  # distinct ids; repeats became counts
-    assert a.manifest["slots"] == ids.shape[1] <= 16
+    counts = a.arrays["counts"].astype(np.int64)
+    assert counts.sum() == len(a.arrays["ids"]) == len(a.arrays["weights"]) and counts.min() >= 1
+    assert a.manifest["bytes_per_token"] == pytest.approx((4 * counts.sum() + 3 * len(counts)) / len(counts))
+    for i in range(len(seqs)):
+        entry = a.sequence(i)
+        w = entry["weights"].double()
+        assert entry["ids"].shape == w.shape and w.shape[0] == len(seqs[i])
+        assert torch.allclose(w.sum(-1), torch.ones(len(seqs[i]), dtype=torch.float64))  # proposal = teacher: count/K
+        assert torch.equal((w * 16).round(), w * 16)
+        for row_ids, row_w in zip(entry["ids"], w):
+            used = row_ids[row_w > 0]
+            assert len(set(used.tolist())) == len(used)  # distinct ids; repeats became counts
+    assert a.manifest["slots"] == counts.max() <= 16
+    # ragged storage reads back as the dense rows it was made from
+    logp = torch.log_softmax(_live(teacher)(torch.tensor(seqs[0])), -1)
+    from distill.teachers.lm_cache import sampled_entries
+
+    dense = sampled_entries(logp, 16, 1.0, torch.Generator().manual_seed(3))
+    width = a.sequence(0)["ids"].shape[1]
+    assert torch.equal(a.sequence(0)["ids"], dense["ids"][:, :width])
+    assert torch.allclose(a.sequence(0)["weights"], dense["weights"][:, :width].half().float())
     # a flattened proposal gives weights p / q: no longer summing to 1, still positive
     c = build_lm_cache(teacher, seqs, tmp_path / "c", identity=identity, form="sampled", samples=16,
                        proposal_temperature=2.0)
-    assert not np.allclose(c.arrays["weights"].astype(np.float64).sum(-1), 1.0)
+    assert not torch.allclose(c.sequence(0)["weights"].sum(-1), torch.ones(len(seqs[0])), atol=1e-2)
 
 
 def test_refuses_another_teacher_tokenizer_or_a_partial_cache(tmp_path, teacher, identity) -> None:

@@ -7,8 +7,10 @@ Two forms (the losses that train against them are in `distill.losses.cached_lm`,
              computed from the float32 distribution as the mass of the other ids (never negative). 4k + 2 bytes.
 - `sampled`: random-sampling KD (Anshumann et al. 2025): K ids drawn with replacement from a proposal (the teacher
              at `temperature`, optionally flattened by `proposal_temperature`), kept as distinct ids with importance
-             weights `count / K * p / q` (float16; padding slots id 0, weight 0), plus the teacher's entropy per
-             position (float16, to turn the CE estimate into a KL estimate). Unbiased for CE(teacher, student).
+             weights `count / K * p / q` (float16), stored ragged — a peaked position draws few distinct ids — with
+             the number of distinct ids per position (`counts`, uint8 for K < 256), plus the teacher's entropy per
+             position (float16, to turn the CE estimate into a KL estimate). 4·distinct + 3 bytes per position.
+             Read back as `(L, S)` per sequence, padded with id 0 and weight 0. Unbiased for CE(teacher, student).
 
 Positions are aligned with the tokens: entry t describes the teacher's prediction *at* position t (the distribution
 of token t + 1), as `logits[:, t]` would. A directory holds `cache.safetensors` (all sequences concatenated;
@@ -196,7 +198,8 @@ def build_lm_cache(
     doc = {
         **{key: identity.get(key) for key in ("teacher", *IDENTITY_KEYS)},
         "form": form, "k": int(arrays["ids"].shape[1]) if form == "topk" else None,
-        "samples": samples if form == "sampled" else None, "slots": int(arrays["ids"].shape[1]),
+        "samples": samples if form == "sampled" else None,
+        "slots": int(arrays["ids"].shape[1]) if form == "topk" else int(arrays["counts"].max()),
         "temperature": temperature, "proposal_temperature": proposal_temperature if form == "sampled" else None,
         "seed": seed, "num_sequences": len(seqs), "num_tokens": tokens,
         "bytes_per_token": per_position / tokens, "bytes_per_token_with_tokens": (per_position + arrays["tokens"].nbytes) / tokens,
@@ -219,9 +222,11 @@ def _pack(parts: dict[str, list[torch.Tensor]], seqs: list[torch.Tensor], form: 
         arrays |= {"logprobs": cat["logprobs"].numpy().astype(np.float16), "ids": cat["ids"].numpy().astype(id_dtype),
                    "rest": cat["rest"].numpy().astype(np.float16)}
     else:
-        used = int((cat["weights"] > 0).sum(-1).max())  # slots beyond the most distinct ids any position drew are empty
-        arrays |= {"ids": cat["ids"][:, :used].numpy().astype(id_dtype),
-                   "weights": cat["weights"][:, :used].numpy().astype(np.float16),
+        used = cat["weights"] > 0  # (N, K): distinct ids come first in each row, so this keeps a ragged prefix
+        counts = used.sum(-1).numpy()
+        arrays |= {"ids": cat["ids"][used].numpy().astype(id_dtype),
+                   "weights": cat["weights"][used].numpy().astype(np.float16),
+                   "counts": counts.astype(np.uint8 if counts.max() < 256 else np.uint16),
                    "entropy": cat["entropy"].numpy().astype(np.float16)}
     return {key: np.ascontiguousarray(value) for key, value in arrays.items()}
 
@@ -279,6 +284,8 @@ class LMLogitCache:
         self.vocab_size = int(self.manifest["vocab_size"])
         self.temperature = float(self.manifest["temperature"])
         self.offsets = self.arrays["offsets"]
+        if self.form == "sampled":  # where each position's ragged run of (id, weight) starts
+            self.starts = np.concatenate([[0], np.cumsum(self.arrays["counts"], dtype=np.int64)])
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -288,10 +295,20 @@ class LMLogitCache:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         out = {}
         for key, value in self.arrays.items():
-            if key == "offsets":
+            if key in ("offsets", "counts") or (self.form == "sampled" and key in ("ids", "weights")):
                 continue
             t = torch.from_numpy(np.asarray(value[a:b]))
             out[key] = t.long() if key in ("tokens", "ids") else t.float()
+        if self.form == "sampled":
+            counts = torch.from_numpy(self.arrays["counts"][a:b].astype(np.int64))  # (L,)
+            lo, hi = int(self.starts[a]), int(self.starts[b])
+            row = torch.repeat_interleave(torch.arange(b - a), counts)
+            col = torch.arange(hi - lo) - torch.repeat_interleave(torch.from_numpy(self.starts[a:b] - lo), counts)
+            width = max(int(counts.max()), 1)
+            out["ids"] = torch.zeros(b - a, width, dtype=torch.long)
+            out["weights"] = torch.zeros(b - a, width)
+            out["ids"][row, col] = torch.from_numpy(self.arrays["ids"][lo:hi].astype(np.int64))
+            out["weights"][row, col] = torch.from_numpy(self.arrays["weights"][lo:hi].astype(np.float32))
         return out
 
     def batch(self, indices: Sequence[int], masks: Sequence[Sequence[bool]] | None = None) -> dict[str, torch.Tensor]:
@@ -302,10 +319,13 @@ class LMLogitCache:
         length = max(len(r["tokens"]) for r in rows)
         out: dict[str, torch.Tensor] = {}
         for key in rows[0]:
-            shape = (len(rows), length, *rows[0][key].shape[1:])
+            shape = (len(rows), length, *[max(r[key].shape[d] for r in rows) for d in range(1, rows[0][key].dim())])
             out[key] = torch.zeros(shape, dtype=rows[0][key].dtype)
             for n, r in enumerate(rows):
-                out[key][n, : len(r[key])] = r[key]
+                if r[key].dim() == 2:
+                    out[key][n, : len(r[key]), : r[key].shape[1]] = r[key]
+                else:
+                    out[key][n, : len(r[key])] = r[key]
         out["input_ids"] = out.pop("tokens")
         out["mask"] = torch.zeros(len(rows), length, dtype=torch.bool)
         for n, (i, r) in enumerate(zip(indices, rows)):
