@@ -6,7 +6,7 @@ Held-out text: the teacher's own greedy answers (`distill.data.prompts.teacher_a
 `--prompts` prompts of the packaged set's seeded 10% held-out split, each sequence = chat-formatted prompt + answer
 (kept in `--work` and reused by the next run with the same settings).
 Caches built over every position: top-k (k = 64 and 16) and random-sampling (K = 64 and 12 draws from the teacher).
-Fidelity (see `distill.teachers.lm_cache.fidelity_terms`), against the live teacher on the same positions, for two
+Fidelity (see `distill.teachers.lm_fidelity.fidelity_terms`), against the live teacher on the same positions, for two
 scorers s: the teacher itself (CE = its own expected NLL of the next token), the teacher at T = 2 (a scorer near the
 teacher, as a student late in training) and an untrained layer-subset student (every other layer of the teacher): `ce_gap` = mean(cached CE - live CE) — the cached-vs-live NLL gap —,
 `ce_abs_error` per position, `kl_gap` = (loss-value KL - live KL(teacher || s)); top-k also `rest` (leftover mass),
@@ -29,7 +29,8 @@ import torch
 
 from distill.data.prompts import load_prompts, split_prompts, teacher_answers
 from distill.models.causal_lm import causal_lm_student, load_causal_lm, smollm2_path
-from distill.teachers.lm_cache import build_lm_cache, cache_fidelity, teacher_identity
+from distill.teachers.lm_cache import build_lm_cache, teacher_identity
+from distill.teachers.lm_fidelity import cache_fidelity
 
 CACHES = [("topk", {"k": 64}), ("topk", {"k": 16}), ("sampled", {"samples": 64}), ("sampled", {"samples": 12})]
 

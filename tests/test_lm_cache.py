@@ -14,13 +14,8 @@ from distill.errors import DistillError
 pytest.importorskip("transformers")
 from lm_models import LM_VOCAB, WordTokenizer, tiny_llama, token_sequences  # noqa: E402
 
-from distill.teachers.lm_cache import (  # noqa: E402
-    LMLogitCache,
-    build_lm_cache,
-    cache_fidelity,
-    fidelity_terms,
-    teacher_identity,
-)
+from distill.teachers.lm_cache import LMLogitCache, build_lm_cache, teacher_identity  # noqa: E402
+from distill.teachers.lm_fidelity import cache_fidelity, fidelity_terms  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +115,8 @@ def test_refuses_another_teacher_tokenizer_or_a_partial_cache(tmp_path, teacher,
         LMLogitCache(tmp_path / "c")
     with pytest.raises(DistillError, match="outside the teacher's vocabulary"):
         build_lm_cache(teacher, [[1, 2, LM_VOCAB]], tmp_path / "d", identity=identity)
+    with pytest.raises(DistillError, match="predicts 300 tokens but its identity says vocab_size=400"):
+        build_lm_cache(teacher, [[1, 2]], tmp_path / "d", identity={**identity, "vocab_size": 400})
     with pytest.raises(DistillError, match="form"):
         build_lm_cache(teacher, [[1, 2]], tmp_path / "d", identity=identity, form="dense")
     doc = json.loads((tmp_path / "d").joinpath("manifest.json").read_text()) if (tmp_path / "d" / "manifest.json").exists() else None

@@ -181,6 +181,7 @@ def causal_lm_student_model(
     *, input_shape: tuple[int, ...] = (), num_classes: int = 0, teacher_path: str | None = None,
     gguf_file: str | None = None, **kwargs: Any,
 ) -> nn.Module:
-    """`causal_lm_student` of the causal LM at `teacher_path` (default: the packaged SmolLM2-135M-Instruct)."""
+    """A student for the causal LM at `teacher_path` (default: the packaged SmolLM2-135M-Instruct): from scratch or
+    from a subset of its decoder layers; see `causal_lm_student`."""
     teacher = load_causal_lm(teacher_path or smollm2_path(), gguf_file=gguf_file)
     return causal_lm_student(teacher, **kwargs)
