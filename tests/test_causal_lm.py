@@ -132,3 +132,24 @@ def test_truncated_smollm2_gguf_is_one_line(tmp_path) -> None:
     with pytest.raises(DistillError, match="cannot load the causal LM") as err:
         load_causal_lm(cut)
     assert "\n" not in str(err.value)
+
+
+def test_loads_a_save_pretrained_directory(tmp_path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from distill.teachers.lm_cache import teacher_identity
+
+    teacher = tiny_llama(seed=4)
+    raw = Tokenizer(models.WordLevel({f"w{i}": i for i in range(LM_VOCAB)}, unk_token="w0"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="w0", eos_token="w2", pad_token="w0")
+    teacher.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    loaded = create_model("hf-causal-lm", input_shape=(), num_classes=0, path=str(tmp_path / "m"))
+    ids = torch.tensor([tok("w5 w9 w77")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, teacher(input_ids=ids).logits, atol=1e-6)
+    assert loaded.pretrained and not loaded.training and len(loaded.distill_tokenizer) == LM_VOCAB
+    # identified by its weights, as the in-memory teacher is: a cache made with one is accepted for the other
+    assert teacher_identity(loaded, tok) == teacher_identity(teacher, tok)

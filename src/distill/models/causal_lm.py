@@ -12,8 +12,9 @@ the packaged SmolLM2-135M-Instruct, and students built from a teacher.
   vocabulary — so its tokenizer — with a smaller width and depth) or DistilBERT-style from a subset of the teacher's
   decoder layers (`distill.models.layer_subset`).
 
-A loaded model carries `distill_tokenizer` (its tokenizer), `distill_source` (`{"path": file}`, hashed by
-`distill.teachers.lm_cache.teacher_identity`) and `pretrained = True`. `input_shape` / `num_classes` (the registry's
+A loaded model carries `distill_tokenizer` (its tokenizer), `pretrained = True` and, from a GGUF file,
+`distill_source` (`{"path": file}`: `distill.teachers.lm_cache.teacher_identity` hashes the file instead of the
+de-quantised weights). `input_shape` / `num_classes` (the registry's
 common arguments) are not used: token batches carry their own length and the vocabulary is the model's.
 """
 
@@ -108,7 +109,8 @@ def load_causal_lm(path: str | Path, *, gguf_file: str | None = None) -> nn.Modu
         ) from None
     model.eval()
     model.distill_tokenizer = tokenizer
-    model.distill_source = {"path": where if gguf else str(directory / "config.json")}
+    if gguf:  # identified by the file's SHA-256; a directory's model by its weights (teacher_identity)
+        model.distill_source = {"path": where}
     model.pretrained = True
     return model
 
