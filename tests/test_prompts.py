@@ -48,3 +48,12 @@ def test_teacher_answers_are_its_greedy_continuations_and_are_stored(tmp_path) -
         teacher_answers(teacher, tok, ["word " * 125], max_new_tokens=4, progress=False)
     with pytest.raises(DistillError, match="max_new_tokens"):
         teacher_answers(teacher, tok, prompts, max_new_tokens=0, progress=False)
+
+
+def test_teacher_answers_leave_the_callers_rng_alone() -> None:
+    teacher = tiny_llama(seed=0)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    teacher_answers(teacher, SpaceTokenizer(), ["hi there"], max_new_tokens=2, seed=7, progress=False)
+    assert torch.equal(torch.rand(3), expected)

@@ -134,20 +134,12 @@ def teacher_answers(
         from rich.progress import track
 
         starts = track(starts, description="teacher answering prompts")
-    torch.manual_seed(seed)  # greedy decoding draws nothing; recorded so sampled variants stay reproducible
     was_training = model.training
     model.eval()
     try:
-        for start in starts:
-            batch = ids[start : start + batch_size]
-            width = max(map(len, batch))
-            input_ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch])
-            attention = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
-            with torch.inference_mode():
-                generated = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                           do_sample=False, pad_token_id=pad, eos_token_id=eos)
-            for row in generated[:, width:].tolist():
-                answers.append(row[: row.index(eos) + 1] if eos in row else row)
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
+            torch.manual_seed(seed)  # greedy decoding draws nothing; recorded so sampled variants stay reproducible
+            _generate(model, ids, answers, starts, batch_size, pad, eos, max_new_tokens)
     finally:
         model.train(was_training)
     result = TeacherAnswers(list(prompts), ids, answers, {**settings, "how": (
@@ -156,6 +148,21 @@ def teacher_answers(
     if out is not None:
         _save(Path(out), result)
     return result
+
+
+def _generate(model: torch.nn.Module, ids: list[list[int]], answers: list[list[int]], starts: Any, batch_size: int,
+              pad: int, eos: int, max_new_tokens: int) -> None:
+    """Greedy answers for left-padded batches of prompt ids, appended to `answers` (cut after the first EOS)."""
+    for start in starts:
+        batch = ids[start : start + batch_size]
+        width = max(map(len, batch))
+        input_ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch])
+        attention = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
+        with torch.inference_mode():
+            generated = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                       do_sample=False, pad_token_id=pad, eos_token_id=eos)
+        for row in generated[:, width:].tolist():
+            answers.append(row[: row.index(eos) + 1] if eos in row else row)
 
 
 def _save(out: Path, answers: TeacherAnswers) -> None:
