@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import DistillError
 from ..imports import is_import_path, resolve
-from . import cnn, hf, minilm, mlp, pretrained  # noqa: F401  (fill the registry)
+from . import causal_lm, cnn, hf, minilm, mlp, pretrained  # noqa: F401  (fill the registry)
 from ._registry import MODELS, register_model
 
 
