@@ -19,7 +19,8 @@ Divergences (p teacher, q student):
   JSD_β / (1 − β) → KL(q ‖ p) as β → 1). β outside [0, 1] is a `DistillError`.
 - `total_variation`: ½ Σ_v |p_v − q_v|.
 - `skew_kl(alpha, reverse=False)`: DistiLLM (Ko et al. 2024) α-skew KL: forward KL(p ‖ α p + (1 − α) q); reverse
-  KL(q ‖ α q + (1 − α) p). α = 0 gives plain forward / reverse KL; DistiLLM uses α = 0.1.
+  KL(q ‖ α q + (1 − α) p). α = 0 gives plain forward / reverse KL; DistiLLM uses α = 0.1. (DistiLLM's code
+  reports the forward one as the cross-entropy −Σ p log m, i.e. without the teacher's entropy: same gradient.)
 
 Memory: with `chunk_size` (rows per chunk; default "auto": about 2**21 logits per chunk) a custom autograd Function
 computes the loss *and its gradient* one chunk of kept rows at a time in the forward pass, writing the gradient into
