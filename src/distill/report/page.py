@@ -15,7 +15,9 @@ COLUMNS = [
     ("latency_ms_p50", "latency p50", lambda v: f"{v:.3f} ms"),
     ("latency_ms_p95", "latency p95", lambda v: f"{v:.3f} ms"),
     ("throughput_per_s", "throughput", lambda v: f"{v:,.0f}/s"),
+    ("onnx_max_abs_diff", "ONNX max |Δ| vs PyTorch", lambda v: f"{v:.1e}"),
 ]
+OPTIONAL = {"onnx_max_abs_diff"}  # shown only when some row has it (runs with ONNX variants)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -50,10 +52,11 @@ def _cell(m: dict[str, Any], key: str, fmt: Any) -> str:
 
 
 def _table(models: dict[str, dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in COLUMNS)
+    columns = [c for c in COLUMNS if c[0] not in OPTIONAL or any(m.get(c[0]) is not None for m in models.values())]
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in columns)
     rows = []
     for name, m in models.items():
-        cells = "".join(f"<td>{_cell(m, key, fmt)}</td>" for key, _, fmt in COLUMNS)
+        cells = "".join(f"<td>{_cell(m, key, fmt)}</td>" for key, _, fmt in columns)
         seeds = f' <span class="ci">({m["n_seeds"]} seeds)</span>' if m.get("n_seeds") else ""
         note = f'<br><span class="ci">{html.escape(m["note"])}</span>' if m.get("note") else ""  # compressed variants
         rows.append(f"<tr><td><b>{html.escape(name)}</b>{seeds}{note}</td>{cells}</tr>")
