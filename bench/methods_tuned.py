@@ -54,7 +54,7 @@ GRID: dict[str, list[list[str]]] = {
 
 def schedule(args: argparse.Namespace) -> list[str]:
     return [f"data.kwargs.train_size={args.train_size}", f"train.epochs={args.epochs}",
-            f"student.kwargs.channels={args.student_channels}", f"teacher.weights={args.teacher}",
+            f"student.name={args.student}", f"student.kwargs={args.student_kwargs}", f"teacher.weights={args.teacher}",
             "data.batch_size=128", "train.lr=0.003"]
 
 
@@ -127,7 +127,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--train-size", type=int, default=10000)
     ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--student-channels", default="[8,16]")
+    ap.add_argument("--student", default="mlp", help="registry name of the student")
+    ap.add_argument("--student-kwargs", default="{hidden: [32]}", help="its kwargs, YAML")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=list(GRID))
     ap.add_argument("--summarize", action="store_true")
@@ -143,7 +144,7 @@ def main() -> None:
         if (stage, arm, json.dumps(sets), seed) in done:
             return
         row = {"stage": stage, "arm": arm, "sets": sets, "seed": seed, "epochs": epochs or args.epochs,
-               "student_channels": args.student_channels, "train_size": args.train_size,
+               "student": f"{args.student} {args.student_kwargs}", "train_size": args.train_size,
                "teacher": bench.teacher, **bench.run(sets, seed, epochs)}
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
