@@ -76,6 +76,16 @@ def test_per_seed_variants_are_averaged_like_the_students() -> None:
     assert got["student_onnx"]["note"] == "ONNX Runtime, fp32" and got["teacher_int8"] == models["teacher_int8"]
 
 
+def test_onnx_difference_combines_over_seeds_as_the_largest() -> None:
+    """A bound, not an estimate: the per-seed ONNX-vs-PyTorch differences combine by max, without an interval."""
+    models = {"teacher": {"accuracy": 0.9}, "scratch@0": {"accuracy": 0.5}, "distilled@0": {"accuracy": 0.6},
+              "scratch@1": {"accuracy": 0.5}, "distilled@1": {"accuracy": 0.6},
+              "student_onnx@0": {"accuracy": 0.6, "onnx_max_abs_diff": 1e-6},
+              "student_onnx@1": {"accuracy": 0.6, "onnx_max_abs_diff": 3e-6}}
+    row = combine(models, [0, 1])["models"]["student_onnx"]
+    assert row["onnx_max_abs_diff"] == 3e-6 and row["ci95"]["onnx_max_abs_diff"] is None
+
+
 def test_pareto_front_keeps_only_undominated_points() -> None:
     from distill.report.plots import pareto_front
 
