@@ -20,6 +20,7 @@ COLUMNS = [
 OPTIONAL_COLUMNS = [
     ("throughput_1_per_s", "throughput at batch 1", lambda v: f"{v:,.1f}/s"),
     ("cosine_to_teacher", "cosine to teacher", lambda v: f"{v:.4f}"),
+    ("onnx_max_abs_diff", "ONNX max |Δ| vs PyTorch", lambda v: f"{v:.1e}"),  # runs with ONNX variants
 ]
 
 CSS = """
@@ -55,7 +56,7 @@ def _cell(m: dict[str, Any], key: str, fmt: Any) -> str:
 
 
 def _table(models: dict[str, dict[str, Any]]) -> str:
-    columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if any(c[0] in m for m in models.values())]
+    columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if any(m.get(c[0]) is not None for m in models.values())]
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in columns)
     rows = []
     for name, m in models.items():
