@@ -281,7 +281,8 @@ class CausalLM(TaskKind):
         texts = {name: greedy_generations(m, [p for p, _ in picks], max_new_tokens=o.generation_max_new_tokens,
                                           tokenizer=tokenizer, pad=_pad_id(teacher))
                  for name, m in models.items()}
-        generations = [{"prompt": _decode(tokenizer, p), "reference": _decode(tokenizer, a),
+        texts_in = _prompt_texts(data.test)
+        generations = [{"prompt": texts_in[i] if texts_in else _decode(tokenizer, p), "reference": _decode(tokenizer, a),
                         **{name: texts[name][i] for name in models}} for i, (p, a) in enumerate(picks)]
         out["generations"] = {"settings": {"decoding": "greedy", "max_new_tokens": o.generation_max_new_tokens},
                               "examples": generations}
@@ -309,6 +310,15 @@ def _prompts_of(ds: Any) -> list[tuple[list[int], list[int]]]:
     return out
 
 
+def _prompt_texts(ds: Any) -> list[str] | None:
+    """The prompts as written (a dataset's `prompts`, looked up through wrappers), or None."""
+    for _ in range(4):
+        if isinstance(getattr(ds, "prompts", None), list):
+            return ds.prompts
+        ds = getattr(ds, "base", None)
+    return None
+
+
 def _pad_id(model: nn.Module) -> int:
     tok = getattr(model, "distill_tokenizer", None)
     for value in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None),
@@ -322,7 +332,7 @@ def _pad_id(model: nn.Module) -> int:
 def _decode(tokenizer: Any, ids: list[int]) -> str:
     if tokenizer is None:
         return " ".join(map(str, ids))
-    return tokenizer.decode(ids, skip_special_tokens=False)
+    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 __all__ = ["TASK_KINDS", "TaskKind", "data_loader", "example_batch", "register_task_kind", "task_kind"]
