@@ -352,6 +352,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("variant-int8-without-weights", with_sets("student.name=bad_inputs_factories:no_weights",
                                                "compress.variants=[student_int8]"), "no Linear or Conv layer to quantize"),
     ("variant-repeated", with_sets("compress.variants=[teacher_int8, teacher_int8]"), "listed more than once"),
+    ("finetune-negative-epochs", with_sets("compress.finetune.epochs=-1"), "compress.finetune.epochs"),
+    ("finetune-zero-lr", with_sets("compress.finetune.lr=0"), "compress.finetune.lr"),
+    ("finetune-unknown-key", with_sets("compress.finetune.step=10"), "compress.finetune.step"),
 ]
 
 

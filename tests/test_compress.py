@@ -9,6 +9,8 @@ from factories import elementwise
 from torch import nn
 
 from distill.compress import (
+    make_permanent,
+    mask_unstructured,
     OnnxModule,
     export_onnx,
     onnx_session,
@@ -129,3 +131,24 @@ def test_engine_speed_measures_an_onnx_session(tmp_path) -> None:
                    throughput_batch=torch.randn(64, 1, 8, 8))
     assert 0 < timing["latency_ms_p50"] <= timing["latency_ms_p95"] < 1000
     assert timing["throughput_per_s"] > 0
+
+
+def test_masked_pruning_keeps_its_zeros_while_training() -> None:
+    """What the pruned variants' fine-tune relies on: with the masks in place, training moves the kept weights and
+    leaves the pruned ones at zero; `make_permanent` then gives plain weights with exactly that sparsity."""
+    torch.manual_seed(0)
+    model = _mlp()
+    masked = mask_unstructured(model, 0.7)
+    assert sparsity(model) == 0.0  # the model passed in is untouched
+    opt = torch.optim.Adam(masked.parameters(), lr=0.05)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(masked(x), y).backward()
+        opt.step()
+    pruned = make_permanent(masked)
+    assert sparsity(pruned) == pytest.approx(0.7, abs=0.01)
+    assert not any(n.endswith("_orig") for n, _ in pruned.named_parameters())
+    for (m0, name), (m1, _) in zip(prunable_weights(model), prunable_weights(pruned)):
+        kept = getattr(m1, name) != 0
+        assert not torch.equal(getattr(m1, name)[kept], getattr(m0, name)[kept])  # the kept weights trained

@@ -320,3 +320,45 @@ def test_hf_trainer_with_lm_kd_trains_and_evaluates(tmp_path) -> None:
     trainer.train()
     scores = trainer.evaluate()
     assert torch.isfinite(torch.tensor(scores["eval_loss"]))
+
+
+class RaggedLM(torch.utils.data.Dataset):
+    """LMDataset rows cut to different lengths (5..10 tokens), unpadded (a collator pads them)."""
+
+    def __init__(self, n: int = 8) -> None:
+        base = LMDataset(n)
+        g = torch.Generator().manual_seed(4)
+        lengths = torch.randint(5, 11, (n,), generator=g).tolist()
+        self.rows = [{k: v[:length] for k, v in base[i].items()} for i, length in enumerate(lengths)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def test_hf_gradient_accumulation_gives_the_update_of_one_big_batch(tmp_path) -> None:
+    """Gradient accumulation for LMs today: distill.hf.DistillationTrainer with lm_kd. Batch 8 in one step equals 4 + 4
+    accumulated (micro-batches with different numbers of next-token targets), in the weights. The dataset is the 8
+    rows, so both see the same examples in each optimizer step whatever the Trainer's sampler does."""
+    from hf_models import collate
+    from transformers import TrainingArguments
+
+    from distill.hf import DistillationTrainer
+
+    teacher = tiny_llama(hidden=48, seed=1)
+    trained = []
+    for name, size, accum in (("one", 8, 1), ("acc", 4, 2)):
+        args = TrainingArguments(output_dir=str(tmp_path / name), per_device_train_batch_size=size,
+                                 gradient_accumulation_steps=accum, max_steps=3, learning_rate=0.05, optim="sgd",
+                                 lr_scheduler_type="constant", warmup_steps=0, seed=0, use_cpu=True, report_to="none",
+                                 save_strategy="no", logging_strategy="no", disable_tqdm=True)
+        trainer = DistillationTrainer(model=tiny_llama(hidden=32, seed=0), teacher_model=teacher, args=args,
+                                      train_dataset=RaggedLM(), data_collator=collate, method="lm_kd",
+                                      temperature=1.0, alpha=0.5)
+        trainer.train()
+        trained.append(trainer.model)
+    for (name, a), b in zip(trained[0].named_parameters(), trained[1].parameters()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert any(not torch.allclose(p, q) for p, q in zip(trained[0].parameters(), tiny_llama(hidden=32).parameters()))

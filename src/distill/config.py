@@ -160,6 +160,16 @@ class EvalConfig(Strict):
 VARIANT = re.compile(r"^(teacher|student)_(onnx|int8|pruned_(\d+)|channels_(\d+))$")
 
 
+class FinetuneConfig(Strict):
+    """`compress.finetune:` the short fine-tune a pruned variant (`*_pruned_<pct>`, `*_channels_<pct>`) gets after
+    pruning: cross-entropy on the labels through the training loop (`train`'s optimizer, scheduler and batch size),
+    the pruned weights held at zero. `epochs: 0` skips it (the pruning's immediate cost)."""
+
+    epochs: int = Field(default=1, ge=0)
+    steps: int | None = Field(default=None, ge=1)  # cap on optimizer steps (whichever of epochs/steps ends first)
+    lr: float | None = Field(default=None, gt=0)  # None: a tenth of the lr the pruned model was trained with
+
+
 class CompressConfig(Strict):
     """Recipe section `compress:`: compressed variants evaluated beside teacher and students, in the same table.
     `<model>_<kind>` with model `teacher` or `student` (the distilled student; per seed under `train.seeds`) and kind
@@ -168,6 +178,7 @@ class CompressConfig(Strict):
     `channels_<pct>` (structured channel pruning with torch-pruning: smaller dense layers). See `distill.variants`."""
 
     variants: list[str] = Field(default_factory=list)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
     @field_validator("variants")
     @classmethod

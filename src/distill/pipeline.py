@@ -22,7 +22,7 @@ from torch import nn
 from . import variants
 from .augment import augmented
 from .batch import forward_logits, inputs_of
-from .config import Recipe
+from .config import Recipe, TrainConfig
 from .data import DataBundle, load_data
 from .engine.checkpoint import Checkpointer
 from .engine.distributed import cpu_only_launch
@@ -173,13 +173,14 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     kind = task_kind(r)  # what the models output decides the checks, the student alone, validation and metrics
     val = kind.validation(val_loader, acc.device)
 
-    def train(name: str, method: nn.Module, seed: int = r.seed, **kw: Any) -> dict[str, Any]:
+    def train(name: str, method: nn.Module, seed: int = r.seed, cfg: TrainConfig | None = None,
+              **kw: Any) -> dict[str, Any]:
         set_seed(seed)  # same seed, same data order, same dropout draws for every phase of a seed
         train_set = data.teacher_train if name.startswith("teacher") else data.train
         # the views stay those of the recipe's seed (an offline teacher cache is built against them)
         train_set = augmented(train_set, r.augment, r.seed, mix=name.startswith("distilled"))  # mixing needs a teacher
         loader = data_loader(train_set, r.data.batch_size, shuffle=True, seed=seed, workers=r.data.num_workers)
-        return fit(method, loader, r.train, accelerator=acc, phase=name, log=log, evaluate=val, progress=progress,
+        return fit(method, loader, cfg or r.train, accelerator=acc, phase=name, log=log, evaluate=val, progress=progress,
                    checkpointer=ckpt, **kw)
 
     phases: dict[str, Any] = {}
@@ -233,7 +234,18 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     if acc.is_main_process:
         save_weights(students[f"distilled{tag(student_seeds(r)[0])}"], run_dir / "student.safetensors")
         distilled_students = {k: m for k, m in students.items() if k.partition("@")[0] == "distilled"}
-        built = variants.build(r, data, teacher, distilled_students, run_dir / "variants")
+
+        def finetune(phase: str, model: nn.Module, *, epochs: int, lr: float,
+                     max_steps: int | None) -> tuple[nn.Module, dict[str, Any]]:
+            """A pruned variant's short fine-tune (`compress.finetune`): the student alone's objective, the same loop."""
+            method = build_method("scratch", model.requires_grad_(True), None)
+            cfg = r.train.model_copy(update={"max_steps": max_steps})
+            phases[phase] = train(phase, method, cfg=cfg, epochs=epochs, lr=lr)
+            return freeze(acc.unwrap_model(method).student).cpu(), phases[phase]
+
+        # variants are built by the main process alone: a fine-tune there cannot join the other processes' DDP
+        built = variants.build(r, data, teacher, distilled_students, run_dir / "variants",
+                               finetune if acc.num_processes == 1 else None)
         report = evaluate_models({"teacher": teacher, **students, **{k: v.model for k, v in built.items()}}, p, acc.device,
                                  run_dir=run_dir)
         for name, variant in built.items():  # ONNX files: their size on disk and the source's parameter count

@@ -84,6 +84,7 @@ class TaskKind:
     """Default hooks: class logits (`classification`)."""
 
     Options: type[BaseModel] = NoOptions
+    diagnosable = True  # class soft targets that `distill check` (diagnose.recipe_diagnostics) can diagnose
 
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -201,6 +202,8 @@ def _fixed_temperature(recipe: Recipe) -> dict[str, Any]:
 class Embedding(TaskKind):
     """Sentence embeddings, compared with the teacher's directly."""
 
+    diagnosable = False
+
     def check_outputs(self, counts: dict[str, int], data: DataBundle, recipe: Recipe) -> None:
         if counts["teacher"] != counts["student"]:
             raise DistillError(
@@ -248,6 +251,7 @@ class CausalLM(TaskKind):
     """Causal LMs sharing a vocabulary: next-token KD on text (e.g. the teacher's own answers)."""
 
     Options = CausalLMOptions
+    diagnosable = False
 
     def check_outputs(self, counts: dict[str, int], data: DataBundle, recipe: Recipe) -> None:
         if counts["teacher"] != counts["student"]:

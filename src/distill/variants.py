@@ -9,8 +9,11 @@ accuracy, agreement and KL to the teacher, ECE, size, batch-1 latency, throughpu
 | `pruned_<p>`  | `compress.prune_unstructured` (p% zeroed)     | PyTorch eager | zeros in dense tensors: no faster        |
 | `channels_<p>`| `compress.prune_channels` (torch-pruning)     | PyTorch eager | narrower layers: fewer FLOPs             |
 
-Pruned variants get no fine-tune here (their accuracy is the pruning's immediate cost). ONNX variants are files in
-`RUN_DIR/variants/`; their `size_bytes` is that file's size and `params` the source model's. `student_*` variants are
+Pruned variants then get a short fine-tune (`compress.finetune`: cross-entropy on the labels, through the one training
+loop, which the pipeline passes in as `finetune`; unstructured masks stay in place while it trains, so the zeros stay
+zeros); `finetune.epochs: 0` leaves them at the pruning's immediate cost. ONNX variants are files in
+`RUN_DIR/variants/`; their `size_bytes` is that file's size, `params` the source model's, and `onnx_max_abs_diff` the
+largest absolute logit difference from the PyTorch model they were exported from, over the whole test set. `student_*` variants are
 built from every seed's distilled student (`student_int8@3`, ...) and averaged like the students.
 """
 
@@ -19,19 +22,37 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .batch import inputs_of
-from .compress import OnnxModule, export_onnx, onnx_session, prune_channels, prune_unstructured, quantize_onnx, sparsity
+from .compress import (
+    OnnxModule,
+    export_onnx,
+    make_permanent,
+    mask_unstructured,
+    onnx_session,
+    prune_channels,
+    quantize_onnx,
+    sparsity,
+)
 from .compress._optional import require
 from .config import VARIANT, Recipe
 from .data import DataBundle
-from .deploy import _calibration, _tensor_inputs
+from .deploy import _calibration, _check, _tensor_inputs
 from .errors import DistillError
+
+
+class Finetune(Protocol):
+    """Trains `model` (the student of a scratch phase named `phase`) for `epochs` epochs at most `max_steps` steps
+    with peak learning rate `lr` through the training loop; returns the trained model (frozen, CPU) and the phase's
+    summary."""
+
+    def __call__(self, phase: str, model: nn.Module, *, epochs: int, lr: float,
+                 max_steps: int | None) -> tuple[nn.Module, dict[str, Any]]: ...
 
 
 @dataclass
@@ -69,9 +90,10 @@ def check(recipe: Recipe, teacher: nn.Module, student: nn.Module, batch: Any) ->
 
 
 def build(recipe: Recipe, data: DataBundle, teacher: nn.Module, students: dict[str, nn.Module],
-          folder: Path) -> dict[str, Variant]:
+          folder: Path, finetune: Finetune | None = None) -> dict[str, Variant]:
     """Every variant the recipe lists, keyed by name (`student_*` once per distilled student: `distilled@3` ->
-    `student_int8@3`). `students` maps the run's distilled phase names (`distilled`, `distilled@<seed>`) to models."""
+    `student_int8@3`). `students` maps the run's distilled phase names (`distilled`, `distilled@<seed>`) to models.
+    `finetune`: how pruned variants are fine-tuned (None, or `compress.finetune.epochs: 0`: they are not)."""
     names = recipe.compress.variants if recipe.compress else []
     if not names:
         return {}
@@ -83,22 +105,50 @@ def build(recipe: Recipe, data: DataBundle, teacher: nn.Module, students: dict[s
         sources = {"": teacher} if source == "teacher" else {k[len("distilled"):]: m for k, m in students.items()}
         for suffix, model in sources.items():
             model = copy.deepcopy(model).cpu().eval()
-            out[name + suffix] = _one(name + suffix, kind, amount, model, example, data, recipe, folder)
+            out[name + suffix] = _one(name + suffix, kind, amount, model, example, data, recipe, folder,
+                                      finetune if source == "teacher" or not suffix else _tagged(finetune, suffix))
     return out
 
 
+def _tagged(finetune: Finetune | None, suffix: str) -> Finetune | None:
+    """Per-seed student variants fine-tune as phases `<variant>.finetune@<seed>` (the seed tag last, like every
+    per-seed phase)."""
+    if finetune is None:
+        return None
+
+    def tagged(phase: str, model: nn.Module, **kw: Any) -> tuple[nn.Module, dict[str, Any]]:
+        return finetune(phase.replace(suffix, "") + suffix, model, **kw)
+    return tagged
+
+
+def _finetuned(name: str, source: str, model: nn.Module, recipe: Recipe,
+               finetune: Finetune | None) -> tuple[nn.Module, str]:
+    """`model` after `compress.finetune` (or as it is), and the note's words for it."""
+    cfg = recipe.compress.finetune if recipe.compress else None
+    if finetune is None or cfg is None or cfg.epochs == 0:
+        return model, "no fine-tune"
+    trained_lr = (recipe.teacher.lr or recipe.train.lr) if source == "teacher" else recipe.train.lr
+    lr = cfg.lr if cfg.lr is not None else trained_lr / 10
+    max_steps = cfg.steps if cfg.steps is not None else recipe.train.max_steps
+    model, summary = finetune(f"{name}.finetune", model, epochs=cfg.epochs, lr=lr, max_steps=max_steps)
+    return model.cpu().eval(), f"fine-tuned {summary.get('steps', '?')} steps at lr {lr:g}"
+
+
 def _one(name: str, kind: str, amount: float | None, model: nn.Module, example: torch.Tensor, data: DataBundle,
-         recipe: Recipe, folder: Path) -> Variant:
+         recipe: Recipe, folder: Path, finetune: Finetune | None = None) -> Variant:
     params = sum(p.numel() for p in model.parameters())
-    if kind == "pruned":
-        pruned = prune_unstructured(model, amount)
+    source = name.partition("_")[0]
+    if kind == "pruned":  # masks kept through the fine-tune: the pruned weights get no gradient and stay zero
+        masked, tuned = _finetuned(name, source, mask_unstructured(model, amount), recipe, finetune)
+        pruned = make_permanent(masked)
         return Variant(pruned, {"runtime": "pytorch", "sparsity": sparsity(pruned),
                                 "note": f"{100 * amount:.0f}% of weights zeroed (global magnitude), stored and run "
-                                        "dense, no fine-tune"})
+                                        f"dense, {tuned}"})
     if kind == "channels":  # torch-pruning traces the graph through autograd: the frozen teacher must track grads
         pruned = prune_channels(model.requires_grad_(True), amount, example).requires_grad_(False)
+        pruned, tuned = _finetuned(name, source, pruned, recipe, finetune)
         return Variant(pruned, {"runtime": "pytorch",
-                                "note": f"{100 * amount:.0f}% of channels removed (torch-pruning), no fine-tune"})
+                                "note": f"{100 * amount:.0f}% of channels removed (torch-pruning), {tuned}"})
     fp32 = folder / f"{name}.onnx" if kind == "onnx" else folder / f".{name}.fp32.onnx"
     export_onnx(model, example, fp32)
     if kind == "onnx":
@@ -110,5 +160,6 @@ def _one(name: str, kind: str, amount: float | None, model: nn.Module, example: 
         fp32.unlink(missing_ok=True)
         note = f"ONNX Runtime, int8 ({info['int8']['mode']})"
     module = OnnxModule(onnx_session(path, threads=recipe.eval.threads))  # the threads latency is measured with
+    diff = _check(model, path, data)["max_abs_diff"]  # vs the PyTorch model it came from, whole test set
     return Variant(module, {"runtime": "onnxruntime", "params": params, "size_bytes": path.stat().st_size,
-                            "note": note, "file": f"variants/{path.name}", **info})
+                            "note": note, "file": f"variants/{path.name}", "onnx_max_abs_diff": diff, **info})

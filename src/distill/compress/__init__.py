@@ -8,7 +8,7 @@ are imported inside the functions that need them, so `import distill` never requ
 from __future__ import annotations
 
 from .export import export_onnx, read_metadata, save_safetensors
-from .prune import prunable_weights, prune_channels, prune_unstructured, sparsity
+from .prune import make_permanent, mask_unstructured, prunable_weights, prune_channels, prune_unstructured, sparsity
 from .quantize import QUANTIZABLE_OPS, quantizable_ops, quantize_onnx
 from .runtime import OnnxModule, onnx_session
 
@@ -16,6 +16,8 @@ __all__ = [
     "QUANTIZABLE_OPS",
     "OnnxModule",
     "export_onnx",
+    "make_permanent",
+    "mask_unstructured",
     "onnx_session",
     "prunable_weights",
     "prune_channels",

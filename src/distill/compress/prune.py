@@ -40,19 +40,34 @@ def sparsity(model: nn.Module) -> float:
     return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0
 
 
-def prune_unstructured(model: nn.Module, amount: float) -> nn.Module:
-    """A copy of `model` with the `amount` fraction of its smallest-|w| prunable weights set to zero, ranked
-    globally across layers (Han et al. 2015), the masks made permanent (plain `weight` parameters again, so the
-    result saves, loads and exports like any model). Raises `DistillError` for an amount outside (0, 1)."""
+def mask_unstructured(model: nn.Module, amount: float) -> nn.Module:
+    """A copy of `model` with the `amount` fraction of its smallest-|w| prunable weights masked to zero, ranked
+    globally across layers (Han et al. 2015), the masks kept as `torch.nn.utils.prune` reparametrisations
+    (`weight_orig` trained, `weight_mask` buffer): training it leaves the pruned weights at zero, since their gradient
+    is masked. `make_permanent` turns it back into a plain model. Raises `DistillError` for an amount outside (0, 1)."""
     amount = _check_amount(amount)
     pruned = copy.deepcopy(model)
     params = prunable_weights(pruned)
     if not params:
         raise DistillError(f"{type(model).__name__} has no Linear or Conv layer to prune; pruning needs weight layers")
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
-    for module, name in params:
-        prune.remove(module, name)  # weight = weight_orig * mask, the reparametrisation dropped
     return pruned
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """`model` (in place) with every pruning mask applied and dropped: plain `weight` parameters again, so it saves,
+    loads and exports like any model."""
+    for module, name in prunable_weights(model):
+        if prune.is_pruned(module) and hasattr(module, f"{name}_mask"):
+            prune.remove(module, name)  # weight = weight_orig * mask, the reparametrisation dropped
+    return model
+
+
+def prune_unstructured(model: nn.Module, amount: float) -> nn.Module:
+    """A copy of `model` with the `amount` fraction of its smallest-|w| prunable weights set to zero, ranked
+    globally across layers (Han et al. 2015), the masks made permanent (plain `weight` parameters again, so the
+    result saves, loads and exports like any model). Raises `DistillError` for an amount outside (0, 1)."""
+    return make_permanent(mask_unstructured(model, amount))
 
 
 def _output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:

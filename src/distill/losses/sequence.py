@@ -19,12 +19,13 @@ Divergences (p teacher, q student):
   JSD_β / (1 − β) → KL(q ‖ p) as β → 1). β outside [0, 1] is a `DistillError`.
 - `total_variation`: ½ Σ_v |p_v − q_v|.
 - `skew_kl(alpha, reverse=False)`: DistiLLM (Ko et al. 2024) α-skew KL: forward KL(p ‖ α p + (1 − α) q); reverse
-  KL(q ‖ α q + (1 − α) p). α = 0 gives plain forward / reverse KL; DistiLLM uses α = 0.1.
+  KL(q ‖ α q + (1 − α) p). α = 0 gives plain forward / reverse KL; DistiLLM uses α = 0.1. (DistiLLM's code
+  reports the forward one as the cross-entropy −Σ p log m, i.e. without the teacher's entropy: same gradient.)
 
-Memory: with `chunk_size` (rows per chunk; default "auto": about 2**21 logits per chunk) a custom autograd Function computes the loss *and its gradient* one
-chunk of kept rows at a time in the forward pass, writing the gradient into one buffer shaped like the student's
-logits; nothing of size `(N, V)` other than that gradient is ever allocated (a few `(chunk, V)` float32 temporaries
-live at a time). `chunk_size=None` is the naive full-tensor autograd version (the reference the tests and
+Memory: with `chunk_size` (rows per chunk; default "auto": about 2**21 logits per chunk) a custom autograd Function
+computes the loss *and its gradient* one chunk of kept rows at a time in the forward pass, writing the gradient into
+one buffer shaped like the student's logits; nothing of size `(N, V)` other than that gradient is ever allocated (a
+few `(chunk, V)` float32 temporaries live at a time). Rows the mask drops are never read (NaN there is harmless). `chunk_size=None` is the naive full-tensor autograd version (the reference the tests and
 `bench/llm_loss_memory.py` compare against). The chunked backward may run once (no `retain_graph` reuse).
 
 `chunked_head_loss` goes one step further for training: it takes the final hidden states and `lm_head` weights of
@@ -43,8 +44,8 @@ import torch.nn.functional as F
 from ..batch import IGNORE_INDEX
 from ..errors import DistillError
 
-__all__ = ["DIVERGENCES", "chunked_cross_entropy", "chunked_head_loss", "divergence_rows", "forward_kl", "generalized_jsd", "reverse_kl",
-           "sequence_divergence", "skew_kl", "total_variation"]
+__all__ = ["DIVERGENCES", "chunked_cross_entropy", "chunked_head_loss", "divergence_rows", "forward_kl",
+           "generalized_jsd", "reverse_kl", "sequence_divergence", "skew_kl", "total_variation"]
 
 DEFAULT_CHUNK = "auto"  # rows per chunk: about 2**21 logits (an 8 MB float32 buffer), at least 8 rows
 CHUNK_ELEMENTS = 2**21
@@ -265,7 +266,8 @@ class _ChunkedHead(torch.autograd.Function):
     logits one chunk of rows at a time; gradients for the student's hidden states, head weight and bias."""
 
     @staticmethod
-    def forward(ctx, hs, ws, bs, ht, wt, bt, rows, labels, rows_fn, soft_weight, hard_weight, chunk, want_grad):  # type: ignore[override]
+    def forward(ctx, hs, ws, bs, ht, wt, bt, rows, labels, rows_fn,  # type: ignore[override]
+                soft_weight, hard_weight, chunk, want_grad):
         need_h, need_w, need_b = (bool(ctx.needs_input_grad[i] and want_grad) for i in range(3))
         need = need_h or need_w or need_b
         grad_h = torch.zeros_like(hs) if need_h else None

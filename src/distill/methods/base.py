@@ -42,6 +42,9 @@ class Method(nn.Module):
     # The `distill` recipe keys this method's loss reads. A key the user wrote that is not here is refused by
     # `check_distill` (it would be silently ignored); defaults nobody wrote are never an error.
     uses: ClassVar[frozenset[str]] = frozenset({"temperature", "alpha"})
+    # The models it works on: "any" (tensor or keyword inputs, logits out: image classifiers, HF classifiers, LMs) or
+    # "hf-encoder" (Hugging Face encoders called with output_hidden_states, e.g. for hidden-state or embedding terms).
+    models: ClassVar[str] = "any"
 
     def __init__(
         self,

@@ -67,6 +67,7 @@ def _vocab(model: nn.Module) -> int | None:
 
 
 class _EmbeddingBase(Method):
+    models = "hf-encoder"
     runs_teacher_models = True  # taps the teacher's hidden states: a live teacher model
     uses = frozenset({"temperature"})
     method_name = "embedding"

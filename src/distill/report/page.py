@@ -20,6 +20,7 @@ COLUMNS = [
 OPTIONAL_COLUMNS = [
     ("throughput_1_per_s", "throughput at batch 1", lambda v: f"{v:,.1f}/s"),
     ("cosine_to_teacher", "cosine to teacher", lambda v: f"{v:.4f}"),
+    ("onnx_max_abs_diff", "ONNX max |Δ| vs PyTorch", lambda v: f"{v:.1e}"),  # runs with ONNX variants
     # task: causal_lm (per answer token of the held-out teacher answers; speed in tokens/s)
     ("perplexity", "perplexity", lambda v: f"{v:,.2f}"),
     ("forward_tokens_per_s", "forward", lambda v: f"{v:,.0f} tok/s"),
@@ -60,7 +61,7 @@ def _cell(m: dict[str, Any], key: str, fmt: Any) -> str:
 
 
 def _table(models: dict[str, dict[str, Any]]) -> str:
-    columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if any(c[0] in m for m in models.values())]
+    columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if any(m.get(c[0]) is not None for m in models.values())]
     if any("perplexity" in m for m in models.values()):
         columns.insert(1, NLL_COLUMN)
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in columns)
