@@ -33,6 +33,15 @@ def test_registry_holds_the_kinds_and_refuses_unknown_ones() -> None:
         task_kind(parse_recipe({**BASE, "task": "classification", "task_options": {"x": 1}}))
 
 
+def test_distill_check_asks_the_kind_whether_it_can_diagnose() -> None:
+    from distill.tasks import check_recipe
+
+    assert TASK_KINDS.get("classification").diagnosable
+    for task in ("embedding", "causal_lm"):
+        with pytest.raises(DistillError, match=f"task: {task} .its outputs have none"):
+            check_recipe(parse_recipe({**BASE, "task": task}))  # refused before any data or model is loaded
+
+
 def test_pipeline_dispatches_on_the_kind_not_on_names() -> None:
     source = (ROOT / "src" / "distill" / "pipeline.py").read_text()
     assert not re.search(r"\.task\s*[!=]=", source)  # no `if r.task == ...` branches left
