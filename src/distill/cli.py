@@ -26,13 +26,17 @@ def _table(run_dir: Path) -> Table:
 
     report = load_report(run_dir)
     table = Table(title=f"{run_dir.name}: test set, {report.get('dataset', {}).get('test_size', '?')} examples")
-    for col in ("model", "accuracy", "agreement", "KL→teacher", "ECE", "params", "size", "p50 ms", "p95 ms", "ex/s"):
+    lm = report.get("task") == "causal_lm"  # next-token scores: NLL instead of ECE, generated tokens/s
+    last = ("NLL", "gen tok/s") if lm else ("ECE", "ex/s")
+    for col in ("model", "accuracy", "agreement", "KL→teacher", last[0], "params", "size", "p50 ms", "p95 ms", last[1]):
         table.add_column(col, justify="right" if col != "model" else "left")
     for name, m in report["models"].items():
+        third = f"{m['nll']:.3f}" if lm else f"{m['ece']:.3f}"
+        speed = f"{m.get('generate_tokens_per_s', 0):,.1f}" if lm else f"{m.get('throughput_per_s', 0):,.0f}"
         table.add_row(
             name, f"{100 * m['accuracy']:.2f}%{_ci_points(m)}", f"{100 * m['agreement']:.1f}%", f"{m['kl_to_teacher']:.3f}",
-            f"{m['ece']:.3f}", f"{m['params']:,}", f"{m['size_bytes'] / 1024:.1f} KiB",
-            f"{m['latency_ms_p50']:.3f}", f"{m['latency_ms_p95']:.3f}", f"{m.get('throughput_per_s', 0):,.0f}",
+            third, f"{m['params']:,}", f"{m['size_bytes'] / 1024:.1f} KiB",
+            f"{m['latency_ms_p50']:.3f}", f"{m['latency_ms_p95']:.3f}", speed,
         )
     return table
 

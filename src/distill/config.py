@@ -201,9 +201,12 @@ class CompressConfig(Strict):
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(default=0, ge=0, lt=2**32)  # numpy's seed range
-    # what the models output: class logits (`classification`, the default) or sentence embeddings (`embedding`:
+    # what the models output: class logits (`classification`, the default), sentence embeddings (`embedding`:
     # evaluated by cosine to the teacher and a logistic-regression probe; the student "alone" is its initialisation)
-    task: Literal["classification", "embedding"] = "classification"
+    # or next-token logits of causal LMs (`causal_lm`). The kinds live in `distill.task_kinds` (checked there, one
+    # layer up); `task_options` are the kind's settings (e.g. causal_lm's side-by-side generations).
+    task: str = "classification"
+    task_options: dict[str, Any] = Field(default_factory=dict)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
     student: ModelConfig

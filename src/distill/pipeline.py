@@ -8,10 +8,8 @@ plots/}`; `status.json` says `complete` only once `report.json` and `report.html
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,30 +18,19 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader
 
 from . import variants
 from .augment import augmented
-from .batch import collate_fn_of, forward_logits, inputs_of
+from .batch import forward_logits, inputs_of
 from .config import Recipe, TrainConfig
 from .data import DataBundle, load_data
-from .diagnose import recipe_diagnostics
 from .engine.checkpoint import Checkpointer
 from .engine.distributed import cpu_only_launch
-from .engine.evaluate import (
-    classification_metrics,
-    embedding_metrics,
-    model_size,
-    predict,
-    probe_log_probs,
-    speed,
-    student_validation,
-)
 from .engine.io import load_weights, save_weights
 from .engine.loop import fit
 from .engine.metrics import MetricsLog
 from .engine.phases import run_generations
-from .errors import DistillError, DistillWarning
+from .errors import DistillError
 from .methods import METHODS, build_method
 from .models import create_model
 from .models.pretrained import is_pretrained
@@ -51,6 +38,7 @@ from .recipe import dump_recipe
 from .report import render
 from .run_dir import make_run_dir, open_for_resume, write_status
 from .seeds import combine, fresh_student, student_seeds, tag
+from .task_kinds import data_loader, example_batch, task_kind
 from .teachers import CachedTeacher, LiveTeacher, freeze
 from .teachers.cache_build import cache_keys
 
@@ -67,20 +55,9 @@ class Prepared:
     cache: CachedTeacher | None = None  # distill.cache, checked against this teacher, data and augmentation
 
 
-def data_loader(ds, batch_size: int, *, shuffle: bool, seed: int, workers: int = 0) -> DataLoader:
-    """A DataLoader whose shuffle order is a function of `seed` alone (every phase of a seed sees the same order)."""
-    gen = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
-                      collate_fn=collate_fn_of(ds))
-
-
-def example_batch(ds, n: int = 1) -> Any:
-    """The first `n` examples of a dataset, collated as one batch."""
-    return next(iter(DataLoader(ds, batch_size=n, collate_fn=collate_fn_of(ds))))
-
-
 def prepare(recipe: Recipe) -> Prepared:
     """Load data and build models; check shapes and class counts on one example batch. Raises `DistillError`."""
+    kind = task_kind(recipe)  # an unknown task or bad task_options fails before any data or model is loaded
     set_seed(recipe.seed)
     data = load_data(
         recipe.data.name,
@@ -120,24 +97,7 @@ def prepare(recipe: Recipe) -> Prepared:
                 f"fix {role}.name/{role}.kwargs"
             ) from None
         model.train()
-    if recipe.task == "embedding":  # outputs are embeddings, compared with the teacher's directly
-        if counts["teacher"] != counts["student"]:
-            raise DistillError(
-                f"task: embedding compares embeddings, but the teacher's have {counts['teacher']} dimensions and the "
-                f"student's {counts['student']}; give the student the teacher's hidden size"
-            )
-    elif any(counts[role] != counts["teacher"] for role, _ in roles[2:]):
-        raise DistillError("the teachers in distill.options.teachers predict a different number of classes; fix their kwargs")
-    elif counts["teacher"] != counts["student"]:
-        raise DistillError(
-            f"teacher predicts {counts['teacher']} classes but student predicts {counts['student']}; "
-            "give both models the same number of outputs"
-        )
-    elif counts["student"] != data.num_classes:
-        raise DistillError(
-            f"models predict {counts['student']} classes but dataset {recipe.data.name!r} has {data.num_classes}; "
-            "set num_classes in the model kwargs or data.num_classes"
-        )
+    kind.check_outputs(counts, data, recipe)  # class counts, embedding sizes, vocabularies
     if method_cls.runs_teacher_models and (recipe.distill.cache or recipe.distill.teacher_precision != "fp32"):
         raise DistillError(
             f"method {recipe.distill.method!r} runs its teacher models live in fp32; remove distill.cache and "
@@ -168,22 +128,6 @@ def _accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
     if trackers:
         acc.init_trackers(recipe.name)
     return acc
-
-
-def _explorer(teacher_logits: torch.Tensor, labels: torch.Tensor, data: DataBundle, recipe: Recipe) -> dict[str, Any]:
-    """A few test examples spread from the most to the least confident teacher prediction, with their logits."""
-    n = min(recipe.eval.explorer_examples, len(labels))
-    entropy = -(teacher_logits.softmax(-1) * teacher_logits.log_softmax(-1)).sum(-1)
-    order = entropy.argsort()
-    picks = [int(order[round(i * (len(order) - 1) / max(1, n - 1))]) for i in range(n)]
-    examples = []
-    for i in picks:
-        x = data.test[i].get("inputs")
-        image = None
-        if isinstance(x, torch.Tensor) and x.ndim in (2, 3) and x.shape[-1] <= 64 and x.shape[-2] <= 64:
-            image = (x[0] if x.ndim == 3 else x).tolist()
-        examples.append({"index": i, "label": int(labels[i]), "teacher_logits": teacher_logits[i].tolist(), "image": image})
-    return {"temperatures": recipe.eval.temperatures, "class_names": data.class_names, "examples": examples}
 
 
 def run_recipe(recipe: Recipe, out: Path | None = None, *, overwrite: bool = False, progress: bool = True,
@@ -226,8 +170,8 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     ckpt = Checkpointer(run_dir / "checkpoints", every=r.train.checkpoint_every, accelerator=acc, resume=resume)
     val_loader = data_loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
 
-    # per-epoch validation accuracy needs class logits; embeddings are scored once, at the end (evaluate_models)
-    val = student_validation(val_loader, acc.device) if r.task == "classification" else None
+    kind = task_kind(r)  # what the models output decides the checks, the student alone, validation and metrics
+    val = kind.validation(val_loader, acc.device)
 
     def train(name: str, method: nn.Module, seed: int = r.seed, cfg: TrainConfig | None = None,
               **kw: Any) -> dict[str, Any]:
@@ -248,10 +192,7 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     if acc.is_main_process:
         save_weights(teacher, run_dir / "checkpoints" / "teacher.safetensors")
     freeze(teacher)
-    if r.task == "classification":
-        diagnostics = run_diagnostics(teacher, r, data, acc)
-    else:  # the teacher's outputs are embeddings: there are no soft targets to diagnose
-        diagnostics = {"temperature": 1.0 if r.distill.temperature == "auto" else r.distill.temperature, "warnings": []}
+    diagnostics = kind.diagnostics(teacher, r, data, acc)
     temperature = diagnostics["temperature"]  # the recipe's T, or the one `temperature: auto` derived
 
     # What the method needs is read from its class (extra teachers, generations, its teacher source): no method
@@ -275,16 +216,13 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
                 save_weights(acc.unwrap_model(method).student, run_dir / "checkpoints" / f"{name}{suffix}.safetensors")
             return summary
 
-        if r.task == "classification":
-            scratch = build_method("scratch", copy.deepcopy(init), None)
-            phases[f"scratch{tag(seed)}"] = train_and_save("scratch", scratch)
-            students[f"scratch{tag(seed)}"] = acc.unwrap_model(scratch).student
-        else:  # embeddings from an unlabelled transfer set: without a teacher there is nothing to train on, so the
-            # student alone is its initialisation (for a layer-subset student: the teacher's layers it copied)
-            students[f"scratch{tag(seed)}"] = copy.deepcopy(init).to(acc.device)
-            phases[f"scratch{tag(seed)}"] = {"steps": 0, "note": "task: embedding; the student alone is not trained"}
+        def save_alone(model: nn.Module, suffix: str = tag(seed)) -> None:
             if acc.is_main_process:
-                save_weights(students[f"scratch{tag(seed)}"], run_dir / "checkpoints" / f"scratch{tag(seed)}.safetensors")
+                save_weights(model, run_dir / "checkpoints" / f"scratch{suffix}.safetensors")
+
+        alone, phases[f"scratch{tag(seed)}"] = kind.train_alone(init, train_and_save, save_alone, acc.unwrap_model,
+                                                                acc.device)
+        students[f"scratch{tag(seed)}"] = alone
         models = {"teacher": teacher, "extra": extra, "previous": students[f"scratch{tag(seed)}"], "source": source}
         final, distilled, _ = run_generations(
             r.distill.method, student_init=init, models=models, temperature=temperature,
@@ -308,14 +246,15 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
         # variants are built by the main process alone: a fine-tune there cannot join the other processes' DDP
         built = variants.build(r, data, teacher, distilled_students, run_dir / "variants",
                                finetune if acc.num_processes == 1 else None)
-        report = evaluate_models({"teacher": teacher, **students, **{k: v.model for k, v in built.items()}}, p, acc.device)
+        report = evaluate_models({"teacher": teacher, **students, **{k: v.model for k, v in built.items()}}, p, acc.device,
+                                 run_dir=run_dir)
         for name, variant in built.items():  # ONNX files: their size on disk and the source's parameter count
             report["models"][name].update(variant.info)
         if r.train.seeds:  # mean ± 95% CI per column, and the paired gain
             report.update(combine(report["models"], r.train.seeds))
         report["phases"] = phases
         report["diagnostics"] = diagnostics
-        report["explorer"]["chosen_temperature"] = temperature
+        report.setdefault("explorer", {})["chosen_temperature"] = temperature
         report["recipe"] = {"name": r.name, "seed": r.seed, "seeds": r.train.seeds, "method": r.distill.method,
                             "temperature": temperature, "temperature_auto": r.distill.temperature == "auto", "alpha": r.distill.alpha,
                             "labelled_fraction": r.data.labelled_fraction}
@@ -328,13 +267,9 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
 
 
 def run_diagnostics(teacher: nn.Module, recipe: Recipe, data: DataBundle, acc: Accelerator) -> dict[str, Any]:
-    """Teacher diagnostics on the transfer set (`diagnose.recipe_diagnostics`); the main process prints each warning
-    as one `warning:` line. Every process computes them (the same T on all of them under `temperature: auto`)."""
-    diagnostics = recipe_diagnostics(teacher, recipe, data.train, device=acc.device)
-    if acc.is_main_process:
-        for line in diagnostics["warnings"]:
-            warnings.warn(line, DistillWarning, stacklevel=2)
-    return diagnostics
+    """Teacher diagnostics of the recipe's task kind (`task_kinds`; classification: `diagnose.recipe_diagnostics`,
+    each warning printed once as a `warning:` line by the main process)."""
+    return task_kind(recipe).diagnostics(teacher, recipe, data, acc)
 
 
 def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) -> CachedTeacher | LiveTeacher:
@@ -353,44 +288,8 @@ def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) ->
                        max_copy_share=r.distill.teacher_copy_share)
 
 
-def evaluate_models(models: dict[str, nn.Module], p: Prepared, device: torch.device) -> dict[str, Any]:
-    """Test-set metrics, size and speed for every model variant; the first one is the reference teacher."""
-    r, data = p.recipe, p.data
-    test_loader = data_loader(data.test, r.data.eval_batch_size, shuffle=False, seed=r.seed)
-    preds = {name: predict(m, test_loader, device) for name, m in models.items()}
-    extra: dict[str, dict[str, float]] = {name: {} for name in models}
-    if r.task == "embedding":  # outputs are embeddings: cosine to the teacher's, and a probe fitted on validation
-        val_loader = data_loader(data.val, r.data.eval_batch_size, shuffle=False, seed=r.seed)
-        teacher_emb = next(iter(preds.values()))[0]
-        for name, m in models.items():
-            emb, labels = preds[name]
-            extra[name] = embedding_metrics(emb, teacher_emb)
-            val_emb, val_labels = predict(m, val_loader, device)
-            preds[name] = (probe_log_probs(val_emb, val_labels, emb), labels)
-    teacher_logits, labels = next(iter(preds.values()))
-    one = {k: v for k, v in example_batch(data.test, 1).items() if k not in ("labels", "index")}
-    many = {k: v for k, v in example_batch(data.test, min(len(data.test), r.eval.throughput_batch)).items()
-            if k not in ("labels", "index")}
-    out: dict[str, Any] = {"models": {}, "dataset": {"name": r.data.name, "test_size": len(data.test),
-                                                     "train_size": len(data.train), "num_classes": data.num_classes,
-                                                     "input_shape": list(data.input_shape)}}
-    for name, model in models.items():
-        logits, _ = preds[name]
-        row = classification_metrics(logits, labels, teacher_logits)  # of the probe, for embeddings
-        row.update(extra[name])
-        row.update(model_size(model))
-        cpu_model = model.to("cpu")
-        row.update(speed(cpu_model, one, threads=r.eval.threads, warmup=r.eval.latency_warmup,
-                         runs=r.eval.latency_runs, throughput_batch=many))
-        row["throughput_1_per_s"] = 1000.0 / row["latency_ms_p50"]  # examples/s one at a time (batch 1)
-        model.to(device)
-        out["models"][name] = row
-    out["task"] = r.task
-    out["explorer"] = _explorer(teacher_logits, labels, data, r)
-    out["speed_settings"] = {"device": "cpu", "threads": r.eval.threads, "latency_runs": r.eval.latency_runs,
-                             "warmup": r.eval.latency_warmup, "batch": 1, "throughput_batch": _first(many)}
-    return out
-
-
-def _first(x: dict[str, torch.Tensor]) -> int:
-    return int(next(iter(x.values())).shape[0])
+def evaluate_models(models: dict[str, nn.Module], p: Prepared, device: torch.device,
+                    run_dir: Path | None = None) -> dict[str, Any]:
+    """Test-set metrics, size and speed for every model variant (the first one is the reference teacher), as the
+    recipe's task kind measures them (`task_kinds`); `run_dir`: where a kind writes extra artifacts."""
+    return task_kind(p.recipe).evaluate(models, p.data, p.recipe, device, run_dir)

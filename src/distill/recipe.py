@@ -11,12 +11,14 @@ import yaml
 
 from .config import Recipe, parse_recipe, read_recipe
 from .methods import METHODS, check_distill
+from .task_kinds import task_kind
 
 
 def validate(doc: Any, *, source: str = "recipe") -> Recipe:
     """Validate a recipe document (structure, values, method and its options); one-line `DistillError` otherwise."""
     recipe = parse_recipe(doc, source=source)
     check_distill(recipe.distill)
+    task_kind(recipe)  # the task kind is registered and its task_options valid
     return recipe
 
 
@@ -24,6 +26,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply `--set key.path=value` overrides, validate it (see `validate`)."""
     recipe = read_recipe(path, overrides)
     check_distill(recipe.distill)
+    task_kind(recipe)  # the task kind is registered and its task_options valid
     return recipe
 
 

@@ -12,6 +12,7 @@ from .methods import METHODS
 from .models.pretrained import is_pretrained
 from .pairing import Pair, propose_pairs
 from .pipeline import example_batch, prepare
+from .task_kinds import task_kind
 from .teachers.cache_build import build_cache
 
 
@@ -51,9 +52,9 @@ def build_recipe_cache(
 def check_recipe(recipe: Any) -> dict[str, Any]:
     """`distill check RECIPE`: the teacher diagnostics (`diagnose.recipe_diagnostics`) for the recipe's settings on
     its training (transfer) set. Needs a teacher that is already trained: `teacher.weights` or a pretrained model."""
-    if recipe.task != "classification":
+    if not task_kind(recipe).diagnosable:
         raise DistillError("distill check diagnoses a classifier's soft targets; this recipe has task: "
-                           f"{recipe.task} (embeddings have none)")
+                           f"{recipe.task} (its outputs have none to diagnose)")
     prepared = prepare(recipe)  # every user error (data, models, weights) surfaces first
     if recipe.teacher.weights is None and not is_pretrained(prepared.teacher):
         raise DistillError(

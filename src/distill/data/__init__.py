@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DistillError
 from ..imports import is_import_path, resolve
-from . import arrays, digits, fashion_mnist, mnist, tweets  # noqa: F401  (fill the registry)
+from . import arrays, digits, fashion_mnist, mnist, prompts, tweets  # noqa: F401  (fill the registry)
 from ._registry import DATASETS, DataBundle, Indexed, register_dataset
 
 

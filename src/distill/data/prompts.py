@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from ..errors import DistillError
+from ..models import create_model
 from ..teachers.lm_cache import teacher_identity
+from ._registry import DataBundle, register_dataset
 
 PROMPTS_FILE = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-prompts.txt"
 FORMAT = "distill-teacher-answers"
@@ -204,3 +206,76 @@ def _load(out: Path, prompts: list[str], settings: dict[str, Any]) -> TeacherAns
     offsets, lengths, tokens = arrays["offsets"], arrays["prompt_lengths"], arrays["tokens"].tolist()
     seqs = [tokens[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
     return TeacherAnswers(prompts, [s[:n] for s, n in zip(seqs, lengths)], [s[n:] for s, n in zip(seqs, lengths)], doc)
+
+
+class AnswerDataset(torch.utils.data.Dataset):
+    """Prompt + answer token sequences of a causal LM: `input_ids`, `attention_mask`, and `labels` (the ids, -100 on
+    prompt tokens: only the answer is a target). `collate_fn` right-pads a batch (id `pad`, attention 0, label -100)."""
+
+    def __init__(self, answers: TeacherAnswers, rows: Sequence[int], pad: int) -> None:
+        self.rows = [(answers.prompt_ids[i], answers.answer_ids[i]) for i in rows]
+        self.prompts = [answers.prompts[i] for i in rows]
+        self.pad = pad
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        prompt, answer = self.rows[i]
+        ids = torch.tensor(prompt + answer, dtype=torch.long)
+        labels = ids.clone()
+        labels[: len(prompt)] = -100
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    def collate_fn(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        width = max(int(it["input_ids"].shape[0]) for it in items)
+        fill = {"input_ids": self.pad, "attention_mask": 0, "labels": -100}
+        out: dict[str, torch.Tensor] = {}
+        for key in items[0]:
+            if key in fill:
+                out[key] = torch.stack([torch.nn.functional.pad(it[key], (0, width - it[key].shape[0]), value=fill[key])
+                                        for it in items])
+            else:
+                out[key] = torch.stack([torch.as_tensor(it[key]) for it in items])
+        return out
+
+
+@register_dataset("teacher-answers")
+def teacher_answers_dataset(
+    *, seed: int = 0, teacher: str = "smollm2-135m", teacher_kwargs: dict[str, Any] | None = None,
+    prompts: str | None = None, num_prompts: int | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
+    max_new_tokens: int = 48, batch_size: int = 16, system: str | None = None, cache_dir: str | None = None,
+    progress: bool = True,
+) -> DataBundle:
+    """A causal LM's own greedy answers to a prompt file (default: the packaged SmolLM2 prompts), split by prompt
+    into train / val / test (seeded; val and test prompts are never trained on). The teacher (`teacher`,
+    `teacher_kwargs`: a registered model, normally the recipe's teacher) answers every prompt once
+    (`teacher_answers`); with `cache_dir` the answers are stored there and reused by later runs with the same
+    settings. Labels are -100 on prompt tokens. Raises `DistillError` for a prompt longer than the teacher's context
+    or generation settings out of range."""
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DistillError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1) and sum "
+                           "to less than 1")
+    texts = load_prompts(prompts)
+    if num_prompts is not None:
+        if num_prompts < 3:
+            raise DistillError(f"num_prompts={num_prompts} must be at least 3 (train, val and test prompts)")
+        texts = texts[:num_prompts]
+    model = create_model(teacher, input_shape=(), num_classes=0, **(teacher_kwargs or {}))
+    tokenizer = getattr(model, "distill_tokenizer", None)
+    if tokenizer is None:
+        raise DistillError(f"teacher {teacher!r} has no tokenizer; the teacher-answers dataset needs a causal LM")
+    answers = teacher_answers(model, tokenizer, texts, out=cache_dir, max_new_tokens=max_new_tokens, system=system,
+                              seed=seed, batch_size=batch_size, progress=progress)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    vocab = int(model.config.vocab_size)
+    del model
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_test = max(1, round(test_fraction * len(texts)))
+    n_val = max(1, round(val_fraction * len(texts)))
+    test, val, train = sorted(order[:n_test]), sorted(order[n_test : n_test + n_val]), sorted(order[n_test + n_val :])
+    if not train:
+        raise DistillError(f"{len(texts)} prompts leave none for training; give more prompts or smaller fractions")
+    longest = max(len(p) + len(a) for p, a in zip(answers.prompt_ids, answers.answer_ids))
+    return DataBundle(AnswerDataset(answers, train, pad), AnswerDataset(answers, val, pad),
+                      AnswerDataset(answers, test, pad), vocab, (longest,))

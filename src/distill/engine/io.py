@@ -16,16 +16,30 @@ from torch import nn
 from ..errors import DistillError
 
 
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict on CPU, contiguous; a tensor sharing memory with an earlier one (tied input and output
+    embeddings of a language model) is copied, as safetensors refuses shared tensors. Loading sets both again."""
+    out, seen = {}, set()
+    for k, v in model.state_dict().items():
+        t = v.detach().contiguous().cpu()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()
+        seen.add(ptr)
+        out[k] = t
+    return out
+
+
 def state_bytes(model: nn.Module) -> bytes:
     """The model's state dict serialised as safetensors (its on-disk size is `len()` of this)."""
-    return save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})
+    return save(_tensors(model))
 
 
 def save_weights(model: nn.Module, path: str | Path) -> Path:
     """Atomically write `model.state_dict()` as safetensors: temp file in the same folder, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = _tensors(model)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -85,10 +85,33 @@ def _check_gguf(file: Path) -> None:
         raise DistillError(f"{str(file)!r} is not a GGUF file (it does not start with 'GGUF'); check the path")
 
 
+_LAST_LOADED: dict[tuple[Any, ...], nn.Module] = {}  # one model: the teacher answers, teacher and student load it in turn
+
+
+def _file_key(directory: Path, gguf: str | None) -> tuple[Any, ...]:
+    files = [directory / gguf] if gguf else sorted(f for f in directory.iterdir() if f.is_file())
+    return (str(directory.resolve()), gguf, tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
 def load_causal_lm(path: str | Path, *, gguf_file: str | None = None) -> nn.Module:
     """`AutoModelForCausalLM` and `AutoTokenizer` from a local directory or GGUF file, in eval mode, float32.
-    Raises a one-line `DistillError` for a missing model, a file that is not GGUF, or one transformers cannot read."""
+    Raises a one-line `DistillError` for a missing model, a file that is not GGUF, or one transformers cannot read.
+
+    The last model loaded is kept (keyed by its files' names, sizes and modification times) and each call returns
+    an independent copy of it (the tokenizer is shared): a recipe whose dataset, teacher and student each build
+    from the same 135M-parameter file reads and de-quantises it once."""
     directory, gguf = _resolve(path, gguf_file)
+    key = _file_key(directory, gguf)
+    if key in _LAST_LOADED:
+        kept = _LAST_LOADED[key]
+        return copy.deepcopy(kept, memo={id(kept.distill_tokenizer): kept.distill_tokenizer})
+    model = _load_causal_lm(directory, gguf)
+    _LAST_LOADED.clear()
+    _LAST_LOADED[key] = model
+    return copy.deepcopy(model, memo={id(model.distill_tokenizer): model.distill_tokenizer})
+
+
+def _load_causal_lm(directory: Path, gguf: str | None) -> nn.Module:
     where = str(directory / gguf) if gguf else str(directory)
     if gguf:
         _check_gguf(directory / gguf)

@@ -56,6 +56,8 @@ def verdict(models: dict[str, dict[str, Any]], test_size: int | None, seed: Any,
         return ""
     if gain and gain.get("n", 0) >= 2:
         return _verdict_over_seeds(models, gain)
+    if models["distilled"].get("perplexity") is not None and models["scratch"].get("nll") is not None:
+        return _lm_verdict(models["distilled"], models["scratch"], seed)
     d, s = models["distilled"].get("accuracy"), models["scratch"].get("accuracy")
     if d is None or s is None:
         return ""
@@ -68,6 +70,17 @@ def verdict(models: dict[str, dict[str, Any]], test_size: int | None, seed: Any,
     else:
         head = f"Distillation did NOT beat the student trained alone: {diff:+.2f} points ({100 * d:.2f}% vs {100 * s:.2f}%)"
     return f"{head} on seed {seed}.{unit} A single seed is one draw; compare several before trusting a gap of a point or two."
+
+
+def _lm_verdict(d: dict[str, Any], s: dict[str, Any], seed: Any) -> str:
+    """task: causal_lm: held-out NLL per answer token, distilled vs alone (lower is better), with agreement and KL."""
+    diff = d["nll"] - s["nll"]
+    head = ("Distillation beat the student trained alone" if diff < 0 else
+            "Distillation did NOT beat the student trained alone")
+    return (f"{head} on held-out NLL: {d['nll']:.3f} vs {s['nll']:.3f} nats/token ({diff:+.3f}); agreement with the "
+            f"teacher {100 * d.get('agreement', 0):.1f}% vs {100 * s.get('agreement', 0):.1f}%, KL(teacher ‖ student) "
+            f"{d.get('kl_to_teacher', 0):.3f} vs {s.get('kl_to_teacher', 0):.3f}, on seed {seed}. A single seed is one "
+            "draw.")
 
 
 def _verdict_over_seeds(models: dict[str, dict[str, Any]], gain: dict[str, Any]) -> str:

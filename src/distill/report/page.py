@@ -21,7 +21,12 @@ OPTIONAL_COLUMNS = [
     ("throughput_1_per_s", "throughput at batch 1", lambda v: f"{v:,.1f}/s"),
     ("cosine_to_teacher", "cosine to teacher", lambda v: f"{v:.4f}"),
     ("onnx_max_abs_diff", "ONNX max |Δ| vs PyTorch", lambda v: f"{v:.1e}"),  # runs with ONNX variants
+    # task: causal_lm (per answer token of the held-out teacher answers; speed in tokens/s)
+    ("perplexity", "perplexity", lambda v: f"{v:,.2f}"),
+    ("forward_tokens_per_s", "forward", lambda v: f"{v:,.0f} tok/s"),
+    ("generate_tokens_per_s", "generation", lambda v: f"{v:,.1f} tok/s"),
 ]
+NLL_COLUMN = ("nll", "NLL (nats/token)", lambda v: f"{v:.3f}")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -57,6 +62,8 @@ def _cell(m: dict[str, Any], key: str, fmt: Any) -> str:
 
 def _table(models: dict[str, dict[str, Any]]) -> str:
     columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if any(m.get(c[0]) is not None for m in models.values())]
+    if any("perplexity" in m for m in models.values()):
+        columns.insert(1, NLL_COLUMN)
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in columns)
     rows = []
     for name, m in models.items():
@@ -101,6 +108,13 @@ def _cards(models: dict[str, dict[str, Any]]) -> str:
     if s and s.get("accuracy") is not None and d.get("accuracy") is not None:
         gain = 100 * (d["accuracy"] - s["accuracy"])
         cards.append((f"{gain:+.2f} pts", "distilled vs student alone", "good" if gain > 0 else "bad"))
+    if t.get("generate_tokens_per_s") and d.get("generate_tokens_per_s"):
+        cards.append((f"{d['generate_tokens_per_s'] / t['generate_tokens_per_s']:.1f}× faster", "generation tokens/s",
+                      "good"))
+    if s and s.get("perplexity") and d.get("perplexity"):
+        better = d["nll"] <= s["nll"]
+        cards.append((f"{d['nll'] - s['nll']:+.3f} nats", "held-out NLL, distilled vs student alone",
+                      "good" if better else "bad"))
     if d.get("agreement") is not None:
         cards.append((f"{100 * d['agreement']:.1f}%", "top-1 agreement with teacher", ""))
     return '<div class="cards">' + "".join(
@@ -140,6 +154,23 @@ def diagnostics_section(d: dict[str, Any] | None) -> str:
     return f"<h2>Teacher diagnostics</h2><p>{head}</p>{table}{warns}"
 
 
+def generations_section(g: dict[str, Any] | None) -> str:
+    """task: causal_lm: greedy generations of every model for a few held-out prompts, side by side."""
+    if not g or not g.get("examples"):
+        return ""
+    settings = g.get("settings", {})
+    blocks = []
+    for ex in g["examples"]:
+        names = [k for k in ex if k not in ("prompt", "reference")]
+        cells = "".join(f"<tr><td><b>{html.escape(n)}</b></td><td style='text-align:left;white-space:pre-wrap'>"
+                        f"{html.escape(str(ex[n]))}</td></tr>" for n in names)
+        blocks.append(f"<h3 style='font-size:1em'>{html.escape(str(ex.get('prompt', '')).strip())}</h3><table>{cells}"
+                      "</table>")
+    return (f"<h2>Generations (held-out prompts)</h2><p>{html.escape(str(settings.get('decoding', 'greedy')))} decoding, "
+            f"at most {html.escape(str(settings.get('max_new_tokens', '?')))} new tokens; the teacher's answers are "
+            f"what the students were trained to imitate on other prompts.</p>{''.join(blocks)}")
+
+
 def page(report: dict[str, Any], images: dict[str, str], verdict: str, config_escaped: str) -> str:
     models = report.get("models", {})
     recipe = report.get("recipe", {})
@@ -162,6 +193,13 @@ def page(report: dict[str, Any], images: dict[str, str], verdict: str, config_es
                        "those of a logistic-regression probe fitted on each model's frozen validation-set embeddings "
                        "and scored on the test set, and the student alone is the student as initialised (without a "
                        "teacher there is nothing to train it on).")
+    if report.get("task") == "causal_lm":
+        speed_note = (f"Task: causal_lm. Accuracy, NLL and perplexity are next-token scores on the answer tokens of the "
+                      f"held-out prompts (the teacher's own greedy answers); agreement (same top-1 token) and KL(teacher "
+                      f"‖ model) are per answer token at T = 1. Speed on {sp.get('device', 'cpu')}, "
+                      f"{sp.get('threads', '?')} thread(s), median of {sp.get('runs', '?')} calls: forward over a batch "
+                      f"of {sp.get('batch', '?')} prompts; greedy generation of {sp.get('new_tokens', '?')} new tokens "
+                      f"for each of them (KV cache); latency: one prompt's forward.")
     explorer = ""
     if "explorer" in images and report.get("task") != "embedding":
         explorer = f"""<h2>Why temperature?</h2>
@@ -182,6 +220,7 @@ teacher's most confident test example to its least; H is the entropy in nats.</p
 <h2>Calibration</h2><p>Bars: accuracy within each confidence bin; a calibrated model's bars follow the diagonal.</p>
 {_img(images, 'reliability')}
 {diagnostics_section(report.get("diagnostics"))}
+{generations_section(report.get("generations"))}
 {explorer}
 <h2>Recipe (resolved)</h2><pre>{config_escaped}</pre>
 </body></html>"""
