@@ -151,7 +151,8 @@ def lm_metrics(model: nn.Module, loader: DataLoader, device: torch.device | None
     return out
 
 
-def _timed_runs(fn, runs: int) -> list[float]:
+def timed_runs(fn: Callable[[], Any], runs: int) -> list[float]:
+    """Wall seconds of `runs` calls of `fn` (no warm-up: callers warm up as they need)."""
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -180,13 +181,13 @@ def speed(
         call = lambda x: forward_logits(model, x)  # noqa: E731
         for _ in range(warmup):
             call(example)
-        times = np.array(_timed_runs(lambda: call(example), runs)) * 1000.0
+        times = np.array(timed_runs(lambda: call(example), runs)) * 1000.0
         out = {"latency_ms_p50": float(np.percentile(times, 50)), "latency_ms_p95": float(np.percentile(times, 95))}
         if throughput_batch is not None:
             n = _first_dim(throughput_batch)
             call(throughput_batch)
             reps = max(3, min(20, runs // 10))
-            t = statistics.median(_timed_runs(lambda: call(throughput_batch), reps))
+            t = statistics.median(timed_runs(lambda: call(throughput_batch), reps))
             out["throughput_per_s"] = n / t
     finally:
         torch.set_num_threads(previous)

@@ -4,13 +4,14 @@ generations for side-by-side comparison. Generation is the model's own `generate
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from .evaluate import timed_runs
 
 
 def _left_padded(prompts: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,12 +53,7 @@ def greedy_generations(model: nn.Module, prompts: Sequence[Sequence[int]], *, ma
 
 def _seconds(fn: Any, runs: int) -> list[float]:
     fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+    return timed_runs(fn, runs)
 
 
 @torch.inference_mode()

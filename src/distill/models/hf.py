@@ -18,11 +18,8 @@ from ..errors import DistillError
 from ._registry import register_model
 
 
-@register_model("hf-sequence-classifier")
-def hf_sequence_classifier(*, input_shape: tuple[int, ...], num_classes: int, path: str) -> nn.Module:
-    """`AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_classes, local_files_only=True)`.
-
-    `input_shape` is not used (token batches carry their own length)."""
+def saved_model_dir(path: str | Path) -> Path:
+    """`path` as a directory `save_pretrained` wrote (it has a config.json); otherwise one line saying so."""
     directory = Path(path).expanduser()
     if not (directory / "config.json").is_file():
         where = "does not exist" if not directory.exists() else "has no config.json"
@@ -30,6 +27,15 @@ def hf_sequence_classifier(*, input_shape: tuple[int, ...], num_classes: int, pa
             f"Hugging Face model directory {str(directory)!r} {where}; models are never downloaded: save one with "
             "model.save_pretrained(<dir>) (or copy it there) and set kwargs.path to that local directory"
         )
+    return directory
+
+
+@register_model("hf-sequence-classifier")
+def hf_sequence_classifier(*, input_shape: tuple[int, ...], num_classes: int, path: str) -> nn.Module:
+    """`AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_classes, local_files_only=True)`.
+
+    `input_shape` is not used (token batches carry their own length)."""
+    directory = saved_model_dir(path)
     try:
         from transformers import AutoModelForSequenceClassification
     except ImportError:

