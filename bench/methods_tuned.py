@@ -5,13 +5,18 @@ chosen setting of every arm on 3 seeds, scored on the test split, paired with th
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python bench/methods_tuned.py --teacher T.safetensors \\
         --out /tmp/mt.jsonl                       # one JSON line per training run, appended as it finishes
     PYTHONPATH=src .venv/bin/python bench/methods_tuned.py --teacher T.safetensors --out /tmp/mt.jsonl --summarize
+    # relation methods, teacher live; the student-alone runs already in the file are reused
+    ... bench/methods_tuned.py --teacher T.safetensors --out /tmp/mt.jsonl --arms "student alone" rkd pkt --live-grid 2
 
 The teacher is given (`--teacher`: e.g. a `fashion-mnist-compress` run's `checkpoints/teacher.safetensors`, trained
 on 20k images of the same seed-0 split, so it never saw the validation or test images); its logits on the training
 split are computed once and looked up per batch (`distill.tune.IndexedLogits`), so a distilled run costs what the
-student alone costs. Only methods that learn from the teacher's logits in one phase are in the grid (kd, kd with
-logit standardisation, dkd): they run from the cached logits; feature and relation methods need the teacher model
-live on every step and several times the CPU (left out, see BENCHMARKS.md). Selection: seed 0, accuracy on the
+student alone costs. The default arms are the methods that learn from the teacher's logits in one phase (kd, kd with
+logit standardisation, dkd), run from the cached logits. `--arms rkd pkt crd` adds the relation methods (the only
+feature/relation methods that can pair an MLP student with the CNN teacher, `distill pairs`): each step runs the
+teacher model live (`LiveTeacher`, its features are tapped), searching the feature term's weight over 4 points, or the
+middle 2 with `--live-grid 2`. `--max-epochs N` times one run of each arm's first grid point for N epochs (nothing is
+recorded), to size the grid before spending the CPU. Selection: seed 0, accuracy on the
 validation split after the last epoch. Final: the chosen setting on every seed (seed 0's selection run is reused;
 same seed, same initial weights and data order), accuracy on the test split. Re-running with the same `--out` skips
 the runs already in the file.
@@ -37,7 +42,7 @@ from distill.pipeline import data_loader, prepare
 from distill.recipe import load_recipe
 from distill.report.stats import paired_gain, t_interval
 from distill.seeds import fresh_student
-from distill.teachers import freeze
+from distill.teachers import LiveTeacher, freeze
 from distill.tune import IndexedLogits
 
 RECIPE = Path(__file__).resolve().parents[1] / "src" / "distill" / "recipes" / "fashion-mnist.yaml"
@@ -50,6 +55,18 @@ GRID: dict[str, list[list[str]]] = {
     "dkd": [["distill.method=dkd", f"distill.temperature={t}", f"distill.options.dkd_beta={b}"]
             for t in (1, 4) for b in (2, 8)],
 }
+LOGIT_ARMS = list(GRID)
+# Relation methods (the teacher runs live on every step; `--arms rkd pkt crd`): the only feature/relation methods that
+# can pair an MLP student with the CNN teacher (see BENCHMARKS.md). Their grid is over the feature term's weight
+# around the paper's default (rkd 1 x distances 25 / angles 50, pkt 30000, crd 0.8), CE at weight 1, no KD term;
+# `--live-grid 2` keeps the two middle points of each (a smaller search than the logit arms': stated in the table).
+LIVE_GRID: dict[str, list[float]] = {
+    "rkd": [0.1, 0.3, 1.0, 3.0],
+    "pkt": [3000.0, 10000.0, 30000.0, 100000.0],
+    "crd": [0.2, 0.4, 0.8, 1.6],
+}
+for _name, _weights in LIVE_GRID.items():
+    GRID[_name] = [[f"distill.method={_name}", f"distill.options.feature_weight={w:g}"] for w in _weights]
 
 
 def schedule(args: argparse.Namespace) -> list[str]:
@@ -73,6 +90,7 @@ class Bench:
         self.prepared = prepare(base)
         data = self.prepared.data
         teacher = freeze(self.prepared.teacher.cpu())
+        self.teacher_model = teacher
         logits, _ = predict(teacher, data_loader(data.train, 512, shuffle=False, seed=0))
         self.source = IndexedLogits(logits)
         self.val = data_loader(data.val, 512, shuffle=False, seed=0)
@@ -84,7 +102,9 @@ class Bench:
         data = self.prepared.data
         student = fresh_student(r, data, seed)
         if any(s.startswith("distill.method=") for s in sets):
-            method = build_method(r.distill.method, student, self.source, temperature=r.distill.temperature,
+            live = REGISTRY.get(r.distill.method).runs_teacher_models  # feature/relation methods: the teacher runs live
+            source = LiveTeacher(self.teacher_model, tune=False) if live else self.source
+            method = build_method(r.distill.method, student, source, temperature=r.distill.temperature,
                                   alpha=r.distill.alpha, options=r.distill.options)
         else:
             method = build_method("scratch", student, None)
@@ -101,6 +121,12 @@ class Bench:
                       progress=False)
         return {"val": curve[-1], "val_curve": curve, "test": accuracy(student, self.test),
                 "steps": summary.get("steps"), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def grid(arm: str, args: argparse.Namespace) -> list[list[str]]:
+    """The grid points an arm searches: the relation arms keep their middle two under `--live-grid 2`."""
+    points = GRID[arm]
+    return points[1:3] if arm in LIVE_GRID and args.live_grid == 2 else points
 
 
 def short(sets: list[str]) -> str:
@@ -130,7 +156,10 @@ def main() -> None:
     ap.add_argument("--student", default="mlp", help="registry name of the student")
     ap.add_argument("--student-kwargs", default="{hidden: [32]}", help="its kwargs, YAML")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--arms", nargs="+", default=list(GRID))
+    ap.add_argument("--arms", nargs="+", default=LOGIT_ARMS, choices=list(GRID))
+    ap.add_argument("--live-grid", type=int, choices=(2, 4), default=4,
+                    help="grid points per relation arm (rkd, pkt, crd): 4 (the logit arms' budget) or the middle 2")
+    ap.add_argument("--max-epochs", type=int, default=None, help="timing probe: train this many epochs, print, exit")
     ap.add_argument("--summarize", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -152,9 +181,14 @@ def main() -> None:
         done.add((stage, arm, json.dumps(sets), seed))
         print(json.dumps({k: row[k] for k in ("stage", "arm", "sets", "seed", "val", "test", "seconds")}), flush=True)
 
+    if args.max_epochs:  # timing probe, nothing recorded
+        for arm in args.arms:
+            out = bench.run(GRID[arm][0], args.seeds[0], args.max_epochs)
+            print(json.dumps({"arm": arm, "epochs": args.max_epochs, "seconds": out["seconds"], "val": out["val"]}))
+        return
     select_seed = args.seeds[0]
     for arm in args.arms:
-        for sets in GRID[arm]:
+        for sets in grid(arm, args):
             record("select", arm, sets, select_seed)
     best = chosen(rows)
     # plateau check: the student alone's chosen lr at twice the epochs (validation split, selection seed)
