@@ -46,6 +46,16 @@ def test_scratch_student_shares_the_vocabulary_and_is_seeded() -> None:
     a = causal_lm_student(teacher, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=48, seed=1)
     b = causal_lm_student(teacher, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=48, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    # without a seed the global RNG decides, so a run's train.seeds give different students (as for other models)
+    small = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 48}
+    torch.manual_seed(0)
+    c = causal_lm_student(teacher, **small)
+    torch.manual_seed(1)
+    d = causal_lm_student(teacher, **small)
+    torch.manual_seed(0)
+    e = causal_lm_student(teacher, **small)
+    assert not torch.equal(c.model.layers[0].mlp.up_proj.weight, d.model.layers[0].mlp.up_proj.weight)
+    assert torch.equal(c.model.layers[0].mlp.up_proj.weight, e.model.layers[0].mlp.up_proj.weight)
     assert a.config.vocab_size == LM_VOCAB and not hasattr(a.config, "quantization_config")
     assert count_params(a) < count_params(teacher) / 2
     logits = a(input_ids=torch.tensor([[1, 5, 7]])).logits

@@ -362,3 +362,41 @@ def test_hf_gradient_accumulation_gives_the_update_of_one_big_batch(tmp_path) ->
     for (name, a), b in zip(trained[0].named_parameters(), trained[1].parameters()):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
     assert any(not torch.allclose(p, q) for p, q in zip(trained[0].parameters(), tiny_llama(hidden=32).parameters()))
+
+
+def test_completing_a_left_padded_batch_keeps_each_prompt_whole(pair) -> None:
+    """Rows that are already left-padded (seq-KD output fed to on-policy): the prompt is the real tokens before the
+    first label, never the first label's position in the padded row (that would take answer tokens as prompt)."""
+    student, teacher = pair
+    method = build_method("lm_kd", copy.deepcopy(student), LiveTeacher(teacher, tune=False),
+                          options={"on_policy": 1.0, "max_new_tokens": 3, "seed": 0})
+    ids = torch.tensor([[0, 0, 11, 12, 21, 22], [13, 14, 15, 16, 23, 24]])
+    attention = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    labels = torch.tensor([[-100, -100, -100, -100, 21, 22], [-100, -100, -100, -100, 23, 24]])
+    out = method._complete(method.student, {"input_ids": ids, "attention_mask": attention, "labels": labels}, "student")
+    assert out["input_ids"].shape[1] == 4 + 3
+    assert out["input_ids"][0, 2:4].tolist() == [11, 12] and out["attention_mask"][0, :4].tolist() == [0, 0, 1, 1]
+    assert out["input_ids"][1, :4].tolist() == [13, 14, 15, 16]
+
+
+def test_on_policy_runs_on_a_batch_encoding(pair) -> None:
+    """HF collators give a `BatchEncoding` (a UserDict, not a dict): on-policy must still generate."""
+    from transformers import BatchEncoding
+
+    student, teacher = pair
+    method = build_method("lm_kd", copy.deepcopy(student), LiveTeacher(teacher, tune=False),
+                          options={"on_policy": 1.0, "max_new_tokens": 3, "seed": 0})
+    method.train()
+    method(BatchEncoding(lm_batch(batch=2, length=6, prompt=3)))
+    assert [g["by"] for g in method.generation_log] == ["student"]
+
+
+def test_check_compares_the_tokenizers_the_models_carry(pair) -> None:
+    student, teacher = copy.deepcopy(pair[0]), copy.deepcopy(pair[1])
+    student.distill_tokenizer = FakeTokenizer({"a": 0, "b": 1})
+    teacher.distill_tokenizer = FakeTokenizer({"a": 1, "b": 0})
+    batch = lm_batch(batch=2, length=6)
+    from distill.methods import METHODS
+
+    with pytest.raises(DistillError, match="tokenizers differ"):
+        METHODS.get("lm_kd").check(student, teacher, batch, {})

@@ -130,3 +130,13 @@ def test_bad_temperature_and_shapes() -> None:
         sampled_ce_loss(s, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3), temperature=0)
     with pytest.raises(ValueError, match="different positions"):
         topk_kl_loss(s, torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.long), torch.zeros(3))
+
+
+def test_topk_kl_with_every_token_cached_has_finite_gradients() -> None:
+    """k = V leaves no tail: the leftover bucket is skipped, not a logsumexp over nothing (NaN gradient)."""
+    rng = np.random.default_rng(2)
+    teacher = rng.normal(size=(3, V)) * 2
+    a, i, r = (torch.tensor(x) for x in _topk(teacher, V))
+    s = torch.tensor(rng.normal(size=(3, V)), requires_grad=True)
+    topk_kl_loss(s, a, i, r).backward()
+    assert torch.isfinite(s.grad).all()

@@ -226,3 +226,20 @@ def test_no_gradient_work_under_no_grad() -> None:
         value = forward_kl(x, torch.tensor(t, dtype=torch.float32), mask=torch.tensor(mask), chunk_size=4)
     assert not value.requires_grad
     assert value.item() == pytest.approx(np_reference("forward_kl", s, t, 1.0, mask), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("chunk", [None, "auto"])
+def test_minus_inf_logits_give_finite_gradients(name: str, chunk) -> None:
+    """A token ruled out entirely (-inf logit: a banned token on both sides, or one the student alone rules out
+    where the divergence stays finite — every one but forward KL, which is then infinite) must not turn the gradient
+    into NaN: 0 · (−inf) is masked before the product, in the naive and the chunked version."""
+    fn, _ = CASES[name]
+    s, t, _ = logits()
+    s, t = torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32)
+    s[1, 2, 4] = t[1, 2, 4] = -float("inf")  # banned on both sides
+    if name != "forward_kl":
+        s[0, 1, 3] = -float("inf")  # the student alone: q = 0 where p > 0
+    s.requires_grad_(True)
+    fn(s, t, chunk_size=chunk).backward()
+    assert torch.isfinite(s.grad).all()

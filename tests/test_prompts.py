@@ -44,6 +44,13 @@ def test_teacher_answers_are_its_greedy_continuations_and_are_stored(tmp_path) -
     assert "chat template" in again.manifest["how"] and again.manifest["teacher_sha256"]
     with pytest.raises(DistillError, match="another max_new_tokens"):
         teacher_answers(teacher, tok, prompts, out=tmp_path / "a", max_new_tokens=7, batch_size=2, progress=False)
+    # a damaged store is one line, never a traceback: a corrupt safetensors file, a manifest that is not an object
+    (tmp_path / "a" / "answers.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(DistillError, match="unreadable"):
+        teacher_answers(teacher, tok, prompts, out=tmp_path / "a", max_new_tokens=6, batch_size=2, progress=False)
+    (tmp_path / "a" / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(DistillError):
+        teacher_answers(teacher, tok, prompts, out=tmp_path / "a", max_new_tokens=6, batch_size=2, progress=False)
     with pytest.raises(DistillError, match="exceeds the teacher's context of 128"):
         teacher_answers(teacher, tok, ["word " * 125], max_new_tokens=4, progress=False)
     with pytest.raises(DistillError, match="max_new_tokens"):

@@ -266,10 +266,6 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
     acc.end_training()
 
 
-def run_diagnostics(teacher: nn.Module, recipe: Recipe, data: DataBundle, acc: Accelerator) -> dict[str, Any]:
-    """Teacher diagnostics of the recipe's task kind (`task_kinds`; classification: `diagnose.recipe_diagnostics`,
-    each warning printed once as a `warning:` line by the main process)."""
-    return task_kind(recipe).diagnostics(teacher, recipe, data, acc)
 
 
 def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) -> CachedTeacher | LiveTeacher:

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
 from ..errors import DistillError
 from ..models import create_model
@@ -168,8 +170,6 @@ def _generate(model: torch.nn.Module, ids: list[list[int]], answers: list[list[i
 
 
 def _save(out: Path, answers: TeacherAnswers) -> None:
-    from safetensors.numpy import save_file
-
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
     seqs = answers.sequences()
@@ -183,19 +183,22 @@ def _save(out: Path, answers: TeacherAnswers) -> None:
     doc = {"format": FORMAT, "version": 1, **answers.manifest, "num_answer_tokens": answers.num_answer_tokens,
            "prompts": answers.prompts, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as fh:  # written last and fsynced: a manifest means complete answers
+        fh.write(json.dumps(doc, indent=2))
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, out / MANIFEST)
 
 
 def _load(out: Path, prompts: list[str], settings: dict[str, Any]) -> TeacherAnswers:
     try:
         doc = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-        from safetensors.numpy import load_file
-
         arrays = load_file(str(out / FILE))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise DistillError(f"teacher answers in {str(out)!r} are unreadable ({exc}); regenerate with rebuild=True") from None
-    if doc.get("format") != FORMAT:
+        offsets, lengths, tokens = arrays["offsets"], arrays["prompt_lengths"], arrays["tokens"].tolist()
+    except (OSError, ValueError, UnicodeDecodeError, SafetensorError, KeyError) as exc:
+        raise DistillError(f"teacher answers in {str(out)!r} are unreadable ({' '.join(str(exc).split())[:120]}); "
+                           "regenerate with rebuild=True") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DistillError(f"{str(out)!r} does not hold teacher answers; choose another directory")
     for key, value in settings.items():
         if doc.get(key) != value:
@@ -203,7 +206,6 @@ def _load(out: Path, prompts: list[str], settings: dict[str, Any]) -> TeacherAns
                 f"teacher answers in {str(out)!r} were made with another {key} ({str(doc.get(key))[:24]!r}); "
                 "regenerate them with rebuild=True or choose another directory"
             )
-    offsets, lengths, tokens = arrays["offsets"], arrays["prompt_lengths"], arrays["tokens"].tolist()
     seqs = [tokens[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
     return TeacherAnswers(prompts, [s[:n] for s, n in zip(seqs, lengths)], [s[n:] for s, n in zip(seqs, lengths)], doc)
 

@@ -57,7 +57,8 @@ def _check(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float) 
 def _plogp_ratio(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """`p (log p - log q)` with 0 log 0 = 0."""
     p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    keep = p > 0  # mask the logs before the product: 0 · (−inf) in the backward would be NaN
+    return p * (torch.where(keep, log_p, 0.0) - torch.where(keep, log_q, 0.0))
 
 
 def topk_tempered_teacher(
@@ -101,12 +102,14 @@ def topk_kl_loss(
     z = student_logits.float() / temperature  # (..., V)
     lse = torch.logsumexp(z, -1)  # (...)
     log_q = z.gather(-1, ids) - lse.unsqueeze(-1)  # (..., k)
-    tail = z.scatter(-1, ids, -math.inf)  # the student's logits outside the cached ids
-    log_rs = torch.logsumexp(tail, -1) - lse  # (...) log of the student's leftover mass
     with torch.no_grad():
         log_p, log_r = topk_tempered_teacher(topk_logprobs, rest, student_logits.shape[-1], temperature)
-    # no tail left (k = V): the bucket is empty for both, whatever rounding left in `rest`
-    tail_term = torch.where(torch.isfinite(log_rs), _plogp_ratio(log_r, log_rs), torch.zeros_like(log_rs))
+    if ids.shape[-1] >= z.shape[-1]:  # no tail left (k = V): the bucket is empty for both, whatever rounding left
+        tail_term = torch.zeros_like(lse)  # in `rest` (and a logsumexp over nothing would give NaN gradients)
+    else:
+        tail = z.scatter(-1, ids, -math.inf)  # the student's logits outside the cached ids
+        log_rs = torch.logsumexp(tail, -1) - lse  # (...) log of the student's leftover mass
+        tail_term = _plogp_ratio(log_r, log_rs)
     per_row = _plogp_ratio(log_p, log_q).sum(-1) + tail_term
     return temperature**2 * _mean_rows(per_row, mask)
 

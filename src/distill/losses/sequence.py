@@ -55,7 +55,15 @@ RowsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (student logits
 def _plogp_ratio(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """`p (log p − log q)` elementwise, 0 where p = 0 (so -inf logits are allowed and give no NaN gradient)."""
     p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), 0.0)
+    keep = p > 0  # mask the logs before the product: 0 · (−inf) in the backward would be NaN
+    return p * (torch.where(keep, log_p, 0.0) - torch.where(keep, log_q, 0.0))
+
+
+def _log_mix(a: torch.Tensor, wa: float, b: torch.Tensor, wb: float) -> torch.Tensor:
+    """log(wa·e^a + wb·e^b); a token both sides rule out (-inf, -inf) gives -inf with a zero (not NaN) gradient."""
+    dead = torch.isneginf(a) & torch.isneginf(b)
+    mixed = torch.logaddexp(torch.where(dead, 0.0, a) + math.log(wa), torch.where(dead, 0.0, b) + math.log(wb))
+    return torch.where(dead, -math.inf, mixed)
 
 
 def _fkl(ls: torch.Tensor, lt: torch.Tensor) -> torch.Tensor:
@@ -71,7 +79,7 @@ def _jsd(ls: torch.Tensor, lt: torch.Tensor, beta: float) -> torch.Tensor:
         return _fkl(ls, lt)
     if beta == 1.0:
         return _rkl(ls, lt)
-    log_m = torch.logaddexp(lt + math.log(beta), ls + math.log1p(-beta))  # m = β p + (1 − β) q
+    log_m = _log_mix(lt, beta, ls, 1.0 - beta)  # m = β p + (1 − β) q
     return beta * _plogp_ratio(lt, log_m).sum(-1) + (1.0 - beta) * _plogp_ratio(ls, log_m).sum(-1)
 
 
@@ -83,9 +91,9 @@ def _skew(ls: torch.Tensor, lt: torch.Tensor, alpha: float, reverse: bool) -> to
     if alpha == 0.0:
         return _rkl(ls, lt) if reverse else _fkl(ls, lt)
     if reverse:  # KL(q ‖ α q + (1 − α) p)
-        log_m = torch.logaddexp(ls + math.log(alpha), lt + math.log1p(-alpha)) if alpha < 1 else ls
+        log_m = _log_mix(ls, alpha, lt, 1.0 - alpha) if alpha < 1 else ls
         return _plogp_ratio(ls, log_m).sum(-1)
-    log_m = torch.logaddexp(lt + math.log(alpha), ls + math.log1p(-alpha)) if alpha < 1 else lt
+    log_m = _log_mix(lt, alpha, ls, 1.0 - alpha) if alpha < 1 else lt
     return _plogp_ratio(lt, log_m).sum(-1)  # KL(p ‖ α p + (1 − α) q)
 
 

@@ -32,14 +32,14 @@ supported); `check_vocabulary` also compares tokenizers when given.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..batch import IGNORE_INDEX, forward_logits, inputs_of, labels_of, token_mask
+from ..batch import IGNORE_INDEX, SHIFTED_KEY, forward_logits, inputs_of, labels_of, token_mask
 from ..errors import DistillError
 from ..losses import chunked_cross_entropy, chunked_head_loss, divergence_rows, hard_loss, sequence_divergence
 from .base import Method, register_method
@@ -118,7 +118,9 @@ class LMKD(Method):
     @classmethod
     def check(cls, student: nn.Module, teacher: nn.Module, example_batch: Any, options: dict[str, Any], *,
               extra: Sequence[nn.Module] = ()) -> None:
-        check_vocabulary(student, teacher)
+        # models loaded by distill carry their tokenizer: then the token -> id maps must match too, not only sizes
+        check_vocabulary(student, teacher, student_tokenizer=getattr(student, "distill_tokenizer", None),
+                         teacher_tokenizer=getattr(teacher, "distill_tokenizer", None))
         opts = LMKDOptions(**options)
         for who, model, needed in (("student", student, opts.on_policy > 0), ("teacher", teacher, opts.seq_kd)):
             if needed and not callable(getattr(model, "generate", None)):
@@ -180,7 +182,8 @@ class LMKD(Method):
         """Step n's batch: with `seq_kd` the teacher's completions of its prompts; with probability λ (decided by
         `seed` and n alone, so a resumed run decides as the uninterrupted one) the student's."""
         o = self.options
-        if self.training and isinstance(batch, dict) and not batch.get("next_token"):
+        # Mapping, not dict: HF collators give a BatchEncoding (a UserDict)
+        if self.training and isinstance(batch, Mapping) and not batch.get(SHIFTED_KEY):
             step = self._step
             self._step += 1
             if o.seq_kd:
@@ -195,7 +198,7 @@ class LMKD(Method):
                 batch = self._complete(self.student, batch, "student", step)
         return super().prepare_batch(batch)
 
-    def _complete(self, model: nn.Module, batch: dict, who: str, step: int = 0) -> dict:
+    def _complete(self, model: nn.Module, batch: Mapping, who: str, step: int = 0) -> dict:
         """The batch's prompts (each row's leading -100-labelled real tokens), left-padded, completed by `model`'s
         `generate`; labels are the generated tokens (-100 on prompts, padding and everything after an EOS)."""
         ids, attention = batch["input_ids"], batch.get("attention_mask")
@@ -204,7 +207,9 @@ class LMKD(Method):
         real = attention.bool()
         if labels is not None and labels.shape == ids.shape:
             labelled = (labels != IGNORE_INDEX) & real
-            first = torch.where(labelled.any(1), labelled.float().argmax(1), real.sum(1))
+            # the prompt's length in *real* tokens: those before the first label (rows may be left-padded)
+            before_first = real & (labelled.long().cumsum(1) == 0)
+            first = torch.where(labelled.any(1), before_first.sum(1), real.sum(1))
         else:
             first = real.sum(1)
         config = getattr(model, "config", None)

@@ -162,12 +162,13 @@ def causal_lm_student(
     num_heads: int = 6,
     num_kv_heads: int = 2,
     intermediate_size: int = 1024,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> nn.Module:
     """A student for a causal-LM teacher, sharing its vocabulary (and so its tokenizer).
 
     `init="scratch"`: the teacher's class and config with `hidden_size`, `num_layers`, `num_heads`, `num_kv_heads`,
-    `intermediate_size` replaced, randomly initialised under `seed` (defaults: 28.3M parameters for SmolLM2's
+    `intermediate_size` replaced, randomly initialised under `seed` (None, the default: from the global RNG, so
+    a run's `train.seeds` give different initial weights, as for every other model; defaults: 28.3M parameters for SmolLM2's
     49,152-token vocabulary, 21% of the teacher). `init="layers"`: the teacher's config with its decoder layers
     `layers` (default every other: student layer i = teacher layer 2i), embeddings, final norm and head copied."""
     config = getattr(teacher, "config", None)
@@ -187,9 +188,12 @@ def causal_lm_student(
         small.head_dim = hidden_size // num_heads
         if getattr(small, "layer_types", None) is not None:
             small.layer_types = list(small.layer_types)[:1] * num_layers
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        if seed is None:
             student = type(teacher)(small)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                student = type(teacher)(small)
     else:
         raise DistillError(f"causal-LM student init {init!r} must be 'scratch' or 'layers'")
     if hasattr(student.config, "quantization_config"):  # the teacher's GGUF provenance is not the student's
