@@ -13,7 +13,7 @@ PKG = "distill"
 
 # Lowest first. A module may import its own layer or a lower one, never a higher one.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "registry", "imports", "batch", "config"),  # leaf types
+    ("errors", "registry", "imports", "batch", "config", "files"),  # leaf types
     ("losses", "features", "augment"),  # pure functions
     ("pairing", "teachers", "models", "data", "compress", "diagnose"),  # building blocks
     ("methods",),

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from ..errors import DistillError
+from ..files import write_json_atomic
 from ..models import create_model
 from ..teachers.lm_cache import teacher_identity
 from ._registry import DataBundle, register_dataset
@@ -182,12 +183,7 @@ def _save(out: Path, answers: TeacherAnswers) -> None:
     os.replace(out / f".{FILE}.tmp", out / FILE)
     doc = {"format": FORMAT, "version": 1, **answers.manifest, "num_answer_tokens": answers.num_answer_tokens,
            "prompts": answers.prompts, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    tmp = out / f".{MANIFEST}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:  # written last and fsynced: a manifest means complete answers
-        fh.write(json.dumps(doc, indent=2))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out / MANIFEST)
+    write_json_atomic(out / MANIFEST, doc)  # written last: a manifest means complete answers
 
 
 def _load(out: Path, prompts: list[str], settings: dict[str, Any]) -> TeacherAnswers:

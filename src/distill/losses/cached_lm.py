@@ -35,14 +35,9 @@ import math
 
 import torch
 
+from .logits import mean_rows, plogp_ratio
+
 __all__ = ["sampled_ce_loss", "topk_kl_loss", "topk_tempered_teacher"]
-
-
-def _mean_rows(per_row: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return per_row.mean()
-    mask = mask.to(per_row.device, torch.bool)
-    return torch.where(mask, per_row, torch.zeros_like(per_row)).sum() / mask.sum().clamp(min=1)
 
 
 def _check(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> None:
@@ -52,13 +47,6 @@ def _check(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float) 
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and cached ids {tuple(ids.shape)} cover different positions"
         )
-
-
-def _plogp_ratio(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """`p (log p - log q)` with 0 log 0 = 0."""
-    p = log_p.exp()
-    keep = p > 0  # mask the logs before the product: 0 · (−inf) in the backward would be NaN
-    return p * (torch.where(keep, log_p, 0.0) - torch.where(keep, log_q, 0.0))
 
 
 def topk_tempered_teacher(
@@ -109,9 +97,9 @@ def topk_kl_loss(
     else:
         tail = z.scatter(-1, ids, -math.inf)  # the student's logits outside the cached ids
         log_rs = torch.logsumexp(tail, -1) - lse  # (...) log of the student's leftover mass
-        tail_term = _plogp_ratio(log_r, log_rs)
-    per_row = _plogp_ratio(log_p, log_q).sum(-1) + tail_term
-    return temperature**2 * _mean_rows(per_row, mask)
+        tail_term = plogp_ratio(log_r, log_rs)
+    per_row = plogp_ratio(log_p, log_q).sum(-1) + tail_term
+    return temperature**2 * mean_rows(per_row, mask)
 
 
 def sampled_ce_loss(
@@ -132,4 +120,4 @@ def sampled_ce_loss(
     log_s = torch.log_softmax(student_logits.float() / temperature, -1).gather(-1, sample_ids.long())  # (..., K)
     w = sample_weights.detach().float()
     per_row = -(w * torch.where(w != 0, log_s, torch.zeros_like(log_s))).sum(-1)
-    return temperature**2 * _mean_rows(per_row, mask)
+    return temperature**2 * mean_rows(per_row, mask)

@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .logits import mean_rows
+
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """`(B, T, D)`, mask `(B, T)` (True/1 = real token) -> `(B, D)` mean over real tokens (zeros for a row with none)."""
@@ -24,15 +26,6 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.T
         return hidden.mean(dim=1)
     m = mask.to(hidden.device, hidden.dtype).unsqueeze(-1)  # (B, T, 1)
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-
-
-def _mean_over(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return values.mean()
-    keep = mask.to(values.device, torch.bool)
-    if not bool(keep.any()):
-        return values.sum() * 0.0  # nothing real: a graph-keeping 0
-    return values[keep].mean()
 
 
 def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, *, kind: Literal["cosine", "mse"] = "cosine",
@@ -48,7 +41,7 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, *, kind: Litera
         per_row = ((s - t) ** 2).mean(dim=-1)
     else:
         raise ValueError(f"embedding_loss: kind must be 'cosine' or 'mse', got {kind!r}")
-    return _mean_over(per_row, mask)
+    return mean_rows(per_row, mask)
 
 
 def token_cosine_loss(student: torch.Tensor, teacher: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,4 +50,4 @@ def token_cosine_loss(student: torch.Tensor, teacher: torch.Tensor, *, mask: tor
         raise ValueError(f"token_cosine_loss: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} "
                          "differ; project the student first")
     per_token = 1.0 - F.cosine_similarity(student.float(), teacher.detach().float(), dim=-1, eps=1e-8)  # (B, T)
-    return _mean_over(per_token, mask)
+    return mean_rows(per_token, mask)

@@ -31,8 +31,9 @@ def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatu
         )
 
 
-def _mean_rows(per_row: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Average a per-row loss `(...)` over rows kept by `mask`; 0 (with a graph) when no row is kept."""
+def mean_rows(per_row: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Average a per-row loss `(...)` over rows kept by `mask`; 0 (with a graph) when no row is kept. Shared by the
+    package's loss modules (not exported)."""
     if mask is None:
         return per_row.mean()
     mask = mask.to(per_row.device, torch.bool)
@@ -40,10 +41,13 @@ def _mean_rows(per_row: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return torch.where(mask, per_row, torch.zeros_like(per_row)).sum() / kept.clamp(min=1)
 
 
-def _xlogy_diff(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """`p * (log p - log q)` elementwise with the convention 0 * log 0 = 0 (a teacher logit of -inf is allowed)."""
+def plogp_ratio(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """`p * (log p - log q)` elementwise with the convention 0 * log 0 = 0 (a logit of -inf is allowed on either
+    side: the logs are masked *before* the product, so the backward never forms 0 · (−inf) = NaN). Shared by the
+    package's loss modules (not exported)."""
     p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    keep = p > 0
+    return p * (torch.where(keep, log_p, 0.0) - torch.where(keep, log_q, 0.0))
 
 
 def kd_loss(
@@ -62,8 +66,8 @@ def kd_loss(
     _check(student_logits, teacher_logits, temperature)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)  # student, (..., C)
     log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)  # teacher = target
-    per_row = _xlogy_diff(log_p, log_q).sum(-1)  # KL(p || q) per row, (...)
-    return temperature**2 * _mean_rows(per_row, mask)
+    per_row = plogp_ratio(log_p, log_q).sum(-1)  # KL(p || q) per row, (...)
+    return temperature**2 * mean_rows(per_row, mask)
 
 
 def hard_loss(
@@ -129,8 +133,8 @@ def binary_kd_loss(
     t = teacher_logits.detach().float() / temperature
     log_p1, log_p0 = F.logsigmoid(t), F.logsigmoid(-t)  # teacher log p, log (1-p)
     log_q1, log_q0 = F.logsigmoid(s), F.logsigmoid(-s)
-    per_class = _xlogy_diff(log_p1, log_q1) + _xlogy_diff(log_p0, log_q0)
-    return temperature**2 * _mean_rows(per_class.sum(-1), mask)
+    per_class = plogp_ratio(log_p1, log_q1) + plogp_ratio(log_p0, log_q0)
+    return temperature**2 * mean_rows(per_class.sum(-1), mask)
 
 
 def binary_hard_loss(
@@ -157,7 +161,7 @@ def binary_hard_loss(
     if mask is not None:
         labelled = labelled & mask.to(logits.device, torch.bool)
     per_row = F.binary_cross_entropy_with_logits(logits, labels.clamp(0, 1), reduction="none").sum(-1)
-    return _mean_rows(per_row, labelled)
+    return mean_rows(per_row, labelled)
 
 
 def standardize_logits(logits: torch.Tensor, *, eps: float = 1e-7) -> torch.Tensor:
@@ -208,13 +212,13 @@ def dkd_parts(
         return torch.stack([log_tgt, log_rest], dim=-1)
 
     log_bs, log_bt = binary(s), binary(t)
-    tckd = _xlogy_diff(log_bt, log_bs).sum(-1).mean()
+    tckd = plogp_ratio(log_bt, log_bs).sum(-1).mean()
     # Non-target distributions: the target logit pushed to a huge finite negative (not -inf, whose 0 * inf would
     # make NaN gradients), so its probability is exactly 0 and its KL term vanishes.
     huge = torch.finfo(torch.float32).min / 4
     log_qs = F.log_softmax(s.masked_fill(gt, huge), dim=-1)  # (N, C)
     log_qt = F.log_softmax(t.masked_fill(gt, huge), dim=-1)
-    per_class = _xlogy_diff(log_qt, log_qs).masked_fill(gt, 0.0)  # (N, C)
+    per_class = plogp_ratio(log_qt, log_qs).masked_fill(gt, 0.0)  # (N, C)
     nckd = per_class.sum(-1).mean()
     return temperature**2 * tckd, temperature**2 * nckd
 

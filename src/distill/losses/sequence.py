@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from ..batch import IGNORE_INDEX
 from ..errors import DistillError
+from .logits import plogp_ratio
 
 __all__ = ["DIVERGENCES", "chunked_cross_entropy", "chunked_head_loss", "divergence_rows", "forward_kl",
            "generalized_jsd", "reverse_kl", "sequence_divergence", "skew_kl", "total_variation"]
@@ -50,13 +51,6 @@ __all__ = ["DIVERGENCES", "chunked_cross_entropy", "chunked_head_loss", "diverge
 DEFAULT_CHUNK = "auto"  # rows per chunk: about 2**21 logits (an 8 MB float32 buffer), at least 8 rows
 CHUNK_ELEMENTS = 2**21
 RowsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (student logits, teacher logits) float32 -> (rows,)
-
-
-def _plogp_ratio(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """`p (log p − log q)` elementwise, 0 where p = 0 (so -inf logits are allowed and give no NaN gradient)."""
-    p = log_p.exp()
-    keep = p > 0  # mask the logs before the product: 0 · (−inf) in the backward would be NaN
-    return p * (torch.where(keep, log_p, 0.0) - torch.where(keep, log_q, 0.0))
 
 
 def _log_mix(a: torch.Tensor, wa: float, b: torch.Tensor, wb: float) -> torch.Tensor:
@@ -67,11 +61,11 @@ def _log_mix(a: torch.Tensor, wa: float, b: torch.Tensor, wb: float) -> torch.Te
 
 
 def _fkl(ls: torch.Tensor, lt: torch.Tensor) -> torch.Tensor:
-    return _plogp_ratio(lt, ls).sum(-1)
+    return plogp_ratio(lt, ls).sum(-1)
 
 
 def _rkl(ls: torch.Tensor, lt: torch.Tensor) -> torch.Tensor:
-    return _plogp_ratio(ls, lt).sum(-1)
+    return plogp_ratio(ls, lt).sum(-1)
 
 
 def _jsd(ls: torch.Tensor, lt: torch.Tensor, beta: float) -> torch.Tensor:
@@ -80,7 +74,7 @@ def _jsd(ls: torch.Tensor, lt: torch.Tensor, beta: float) -> torch.Tensor:
     if beta == 1.0:
         return _rkl(ls, lt)
     log_m = _log_mix(lt, beta, ls, 1.0 - beta)  # m = β p + (1 − β) q
-    return beta * _plogp_ratio(lt, log_m).sum(-1) + (1.0 - beta) * _plogp_ratio(ls, log_m).sum(-1)
+    return beta * plogp_ratio(lt, log_m).sum(-1) + (1.0 - beta) * plogp_ratio(ls, log_m).sum(-1)
 
 
 def _tv(ls: torch.Tensor, lt: torch.Tensor) -> torch.Tensor:
@@ -92,9 +86,9 @@ def _skew(ls: torch.Tensor, lt: torch.Tensor, alpha: float, reverse: bool) -> to
         return _rkl(ls, lt) if reverse else _fkl(ls, lt)
     if reverse:  # KL(q ‖ α q + (1 − α) p)
         log_m = _log_mix(ls, alpha, lt, 1.0 - alpha) if alpha < 1 else ls
-        return _plogp_ratio(ls, log_m).sum(-1)
+        return plogp_ratio(ls, log_m).sum(-1)
     log_m = _log_mix(lt, alpha, ls, 1.0 - alpha) if alpha < 1 else lt
-    return _plogp_ratio(lt, log_m).sum(-1)  # KL(p ‖ α p + (1 − α) q)
+    return plogp_ratio(lt, log_m).sum(-1)  # KL(p ‖ α p + (1 − α) q)
 
 
 def _tempered(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], temperature: float) -> RowsFn:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 
 from ..batch import index_of
 from ..errors import DistillError
+from ..files import write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "distill-teacher-cache"
@@ -219,9 +219,4 @@ def write_manifest(path: Path, doc: dict[str, Any]) -> None:
     """Atomic: temp file, fsync, rename. Called last, so a cache is complete iff its manifest exists."""
     doc = {"format": FORMAT, "version": VERSION, **doc,
            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    tmp = path / f".{MANIFEST}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(doc, indent=2))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path / MANIFEST)
+    write_json_atomic(path / MANIFEST, doc)

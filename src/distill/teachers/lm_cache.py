@@ -32,8 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file, save_file
 
 from ..errors import DistillError
+from ..files import write_json_atomic
 from ..losses.cached_lm import sampled_ce_loss, topk_kl_loss
 from .cache import sha256_file, teacher_fingerprint
 
@@ -194,8 +196,6 @@ def build_lm_cache(
         model.train(was_training)
     arrays = _pack(parts, seqs, form, vocab)
     tmp = out / f".{FILE}.tmp"
-    from safetensors.numpy import save_file
-
     save_file(arrays, str(tmp))
     os.replace(tmp, out / FILE)
     tokens = int(arrays["tokens"].shape[0])
@@ -240,12 +240,7 @@ def _write_manifest(directory: Path, doc: dict[str, Any]) -> None:
     """Atomic (temp file, fsync, rename) and last: a cache is complete iff its manifest exists."""
     doc = {"format": FORMAT, "version": VERSION, **doc,
            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    tmp = directory / f".{MANIFEST}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(doc, indent=2))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, directory / MANIFEST)
+    write_json_atomic(directory / MANIFEST, doc)
 
 
 def read_lm_manifest(path: str | Path) -> dict[str, Any]:
@@ -282,8 +277,6 @@ class LMLogitCache:
         file, meta = self.path / FILE, self.manifest["file"]
         if not file.is_file() or file.stat().st_size != meta["bytes"] or sha256_file(file) != meta["sha256"]:
             raise DistillError(f"logit cache file {str(file)!r} is missing, truncated or corrupt; rebuild the cache")
-        from safetensors.numpy import load_file
-
         self.arrays = load_file(str(file))
         self.form = self.manifest["form"]
         self.vocab_size = int(self.manifest["vocab_size"])
