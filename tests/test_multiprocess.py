@@ -81,12 +81,16 @@ def _free_port() -> int:
 
 # crd: each process applies the whole global batch's bank updates and draws the global batch's negatives from a shared
 # generator, so its banks and weights are those of one process at the global batch
+# kd-accum: 2 processes at micro-batch 16 accumulating 2 per update (DDP syncs only each window's last backward)
 METHOD_SETS = {"kd": [], "crd": ["distill.method=crd", "distill.alpha=null", "distill.options.negatives=64",
-                                 "distill.options.embed_dim=8"]}
+                                 "distill.options.embed_dim=8"], "kd-accum": []}
+TWO_PROCESS_SETS = {"kd": ["data.batch_size=32"], "crd": ["data.batch_size=32"],
+                    "kd-accum": ["data.batch_size=16", "train.grad_accum=2"]}
 
 
-def _sets(batch: int, method: str = "kd") -> list[str]:
-    return [a for o in [*SETS, *METHOD_SETS[method], f"data.batch_size={batch}"] for a in ("--set", o)]
+def _sets(batch: int | None, method: str = "kd") -> list[str]:
+    size = TWO_PROCESS_SETS[method] if batch is None else [f"data.batch_size={batch}"]
+    return [a for o in [*SETS, *METHOD_SETS[method], *size] for a in ("--set", o)]
 
 
 def _training_rows(run: Path) -> list[tuple]:
@@ -94,7 +98,7 @@ def _training_rows(run: Path) -> list[tuple]:
     return [(r["phase"], r["step"]) for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("method", ["kd", "crd"])
+@pytest.mark.parametrize("method", ["kd", "crd", "kd-accum"])
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path, method):
     guard = tmp_path / "guard.py"
     guard.write_text(GUARD)
@@ -102,7 +106,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, method):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()),
-           str(guard), "run", str(RECIPES / "digits.yaml"), "--out", str(two), "--no-progress", *_sets(32, method)]
+           str(guard), "run", str(RECIPES / "digits.yaml"), "--out", str(two), "--no-progress", *_sets(None, method)]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GUARD_OUT=str(tmp_path))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

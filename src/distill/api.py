@@ -54,6 +54,7 @@ class Distiller:
         scheduler: str = "cosine",
         mixed_precision: str = "no",
         channels_last: bool = True,
+        grad_accum: int = 1,
         progress: bool = True,
         accelerator: Accelerator | None = None,
     ) -> None:
@@ -61,7 +62,8 @@ class Distiller:
         try:
             self.config = DistillConfig(method=method, options=dict(options or {}), **given)
             self.train_cfg = TrainConfig(lr=lr, optimizer=optimizer, weight_decay=weight_decay, scheduler=scheduler,
-                                         mixed_precision=mixed_precision, channels_last=channels_last)
+                                         mixed_precision=mixed_precision, channels_last=channels_last,
+                                         grad_accum=grad_accum)
         except ValidationError as exc:
             raise DistillError(f"Distiller: {one_line(exc)}") from None
         check_distill(self.config)  # registered method, valid options, no argument the method would ignore

@@ -146,6 +146,22 @@ def batch_size_of(batch: Any) -> int:
     return int(x.shape[0])
 
 
+def loss_units(batch: Any) -> int:
+    """How many rows a loss over `batch` is a mean over, to weight micro-batches under gradient accumulation: the
+    labelled positions of a batch with per-position integer labels (token batches; for causal LMs after the next-token
+    shift, so padding, prompts and each row's last position are -100), else its examples. A micro-batch's gradient
+    weighted by its share of the window's units makes the accumulated update the mean over the whole window, as one
+    batch of that size would be, whenever every term of the loss averages over these rows."""
+    labels = labels_of(batch)
+    if isinstance(labels, torch.Tensor) and labels.ndim >= 2 and not labels.is_floating_point():
+        real = labels != IGNORE_INDEX
+        mask = attention_mask_of(batch)
+        if mask is not None and mask.shape == real.shape:
+            real = real & mask.to(real.device)
+        return int(real.sum())
+    return batch_size_of(batch)
+
+
 def logits_of(output: Any) -> torch.Tensor:
     """Logits from a model's output: a tensor, an HF `ModelOutput` with `.logits`, or a tuple whose first item is."""
     if isinstance(output, torch.Tensor):

@@ -116,7 +116,10 @@ class TrainConfig(Strict):
     scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(default=0, ge=0)
     grad_clip: float | None = Field(default=None, gt=0)
-    max_steps: int | None = Field(default=None, ge=1)  # cap per phase, for smoke runs
+    max_steps: int | None = Field(default=None, ge=1)  # cap per phase (optimizer steps), for smoke runs
+    # micro-batches of `data.batch_size` per optimizer step: the update is the mean over all of them (each weighted
+    # by its labelled tokens or examples), as one batch of grad_accum * batch_size would give, in less memory
+    grad_accum: int = Field(default=1, ge=1)
     log_every: int = Field(default=10, ge=1)
     max_nonfinite: int = Field(default=10, ge=1)  # abort after this many consecutive skipped steps
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"

@@ -279,7 +279,9 @@ def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) ->
     record = run_dir / "checkpoints" / "teacher_execution.json" if acc.is_main_process else None
     # one teacher call per training step: whether compiling the teacher pays depends on how many there will be
     batches = -(-len(p.data.train) // (r.data.batch_size * acc.num_processes))
-    calls = r.train.epochs * batches if r.train.max_steps is None else min(r.train.max_steps, r.train.epochs * batches)
+    calls = r.train.epochs * batches  # micro-batches: each update is train.grad_accum of them
+    if r.train.max_steps is not None:
+        calls = min(r.train.max_steps * r.train.grad_accum, calls)
     return LiveTeacher(teacher, autocast=torch.bfloat16 if bf16 else None, record=record, expected_calls=calls,
                        max_copy_share=r.distill.teacher_copy_share)
 

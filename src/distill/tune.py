@@ -179,7 +179,7 @@ def _estimate(s: Setup) -> float:
     started = time.perf_counter()
     _train_trial(s, quick, True, None)
     per_step = (time.perf_counter() - started) / 5
-    steps = math.ceil(len(s.prepared.data.train) / r.data.batch_size) * r.train.epochs
+    steps = math.ceil(math.ceil(len(s.prepared.data.train) / r.data.batch_size) / r.train.grad_accum) * r.train.epochs
     if r.train.max_steps:
         steps = min(steps, r.train.max_steps)
     return per_step * steps

@@ -10,6 +10,7 @@ states and data order), or is not retrained at all if it had finished.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from rich.progress import (
 )
 from torch.utils.data import DataLoader
 
-from ..batch import batch_size_of, to_device
+from ..batch import batch_size_of, loss_units, to_device
 from ..config import TrainConfig
 from ..errors import DistillError
 from .checkpoint import Checkpointer, generator_state, restore_rng
@@ -177,11 +178,15 @@ def _fit(
     model, optimizer, loader = accelerator.prepare(method, optimizer, loader)
     # Steps and schedule count optimizer steps of the (possibly sharded) loader; the scheduler is stepped here once
     # per update, not by Accelerate (which steps it once per process), so N processes at batch B follow the same
-    # schedule as one process at batch N*B.
-    steps_per_epoch = len(loader)
+    # schedule as one process at batch N*B. With `grad_accum` k an update is a window of k consecutive micro-batches
+    # (the last window of an epoch may be shorter), aligned to the epoch's start so a resume lands on a window edge.
+    accum = cfg.grad_accum
+    micro_per_epoch = len(loader)
+    steps_per_epoch = math.ceil(micro_per_epoch / accum)
     total = epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, epochs * steps_per_epoch)
     scheduler = make_scheduler(optimizer, cfg, total)
     generator = _shuffle_generator(loader)
+    unwrapped = accelerator.unwrap_model(model)
 
     on_step = getattr(method, "on_step", None)  # methods that follow the run's progress (DKD's warm-up)
     step, skipped, consecutive, samples, start_epoch, start_batch = 0, 0, 0, 0, 0, 0
@@ -207,17 +212,43 @@ def _fit(
             if generator is not None and resume is not None and epoch == start_epoch and resume.state.get("generator"):
                 generator.set_state(generator_state(resume))  # re-create this epoch's shuffle order
             epoch_order = generator.get_state() if generator is not None else None
+            finite, units, sums = True, 0, {}
             for index, batch in enumerate(loader):
                 if epoch == start_epoch and index < start_batch:
                     continue  # trained before the checkpoint
-                if on_step is not None:
-                    on_step(step - skipped, total)  # optimizer updates so far: skipped steps do not count
-                out = model(batch)
-                loss = out["loss"]
-                if not _all_finite(loss.detach(), accelerator):
+                first = index % accum == 0
+                last = index % accum == accum - 1 or index == micro_per_epoch - 1
+                if first:
+                    if on_step is not None:
+                        on_step(step - skipped, total)  # optimizer updates so far: skipped steps do not count
+                    finite, units, sums = True, 0, {}
+                # micro-batches before the window's last accumulate locally: no DDP gradient all-reduce for them
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    out = model(batch)
+                    loss = out["loss"]
+                    finite = finite and _all_finite(loss.detach(), accelerator)
+                    if finite and accum == 1:
+                        accelerator.backward(loss)
+                    elif finite:
+                        # weighted by its share of the window's rows (`Method.units`: labelled tokens, or examples):
+                        # the gradients are summed here and divided by the window's total before the update
+                        n = getattr(unwrapped, "last_units", None)  # set by Method's pre-hook on the prepared batch
+                        n = int(loss_units(batch) if n is None else n)
+                        accelerator.backward(loss * n)
+                        units += n
+                        for k, v in out.items():
+                            if v.ndim == 0:
+                                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+                samples += batch_size_of(batch)
+                if not last:
+                    continue
+                if finite and accum > 1:
+                    for p in params:
+                        if p.grad is not None:
+                            p.grad.div_(max(units, 1))  # no rows at all: every term was 0, so are the gradients
+                if not finite:
                     ok = False
                 else:
-                    accelerator.backward(loss)
                     max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
                     grad_norm = accelerator.clip_grad_norm_(params, max_norm)
                     if getattr(accelerator, "scaler", None) is not None:
@@ -243,15 +274,18 @@ def _fit(
                         )
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                samples += batch_size_of(batch)
                 if step % cfg.log_every == 0 or step == total:
                     record = {"phase": phase, "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
-                    scalars = {k: v.detach().float() for k, v in out.items() if v.ndim == 0}
+                    if accum > 1 and units:  # the window's means, each micro-batch weighted by its rows
+                        scalars = {k: torch.tensor(v / units) for k, v in sums.items()}
+                    else:
+                        scalars = {k: v.detach().float() for k, v in out.items() if v.ndim == 0}
                     if accelerator.num_processes > 1:  # the mean over all processes, not the main one's share
-                        scalars = {k: accelerator.reduce(v, reduction="mean") for k, v in scalars.items()}
+                        scalars = {k: accelerator.reduce(v.to(accelerator.device), reduction="mean")
+                                   for k, v in scalars.items()}
                     record.update({k: float(v) for k, v in scalars.items()})
                     log.log(record)
-                    bar.update(task, status=f"loss {float(loss.detach()):.4f}")
+                    bar.update(task, status=f"loss {record.get('loss', float('nan')):.4f}")
                 bar.advance(task)
                 if checkpointer is not None and checkpointer.due(step) and step < total and consecutive == 0:
                     checkpointer.save(

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from ..batch import is_causal_lm, next_token_batch
+from ..batch import is_causal_lm, loss_units, next_token_batch
 from ..config import DistillConfig, one_line
 from ..errors import DistillError
 from ..registry import Registry
@@ -62,9 +62,10 @@ class Method(nn.Module):
         self.alpha = float(alpha)
         self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
         self._causal: bool | None = None
-        # Every call `method(batch)` (the loop's, DDP's, the HF Trainer's) first passes the batch through
-        # `prepare_batch`, so no method's forward can forget the next-token shift of causal LMs.
-        self.register_forward_pre_hook(_prepare_hook)
+        self.last_units = 0  # `units` of the batch the latest forward saw (gradient accumulation weights by it)
+        # Every call `method(batch)` or `method(batch=...)` (the loop's, DDP's, the HF Trainer's) first passes the
+        # batch through `prepare_batch`, so no method's forward can forget the next-token shift of causal LMs.
+        self.register_forward_pre_hook(_prepare_hook, with_kwargs=True)
 
     def prepare_batch(self, batch: Any) -> Any:
         """The batch `forward` sees. Default: for a causal-LM student (`batch.is_causal_lm`), labels become next-token
@@ -74,6 +75,12 @@ class Method(nn.Module):
         if self._causal is None:
             self._causal = is_causal_lm(self.student)
         return next_token_batch(batch) if self._causal else batch
+
+    def units(self, batch: Any) -> int:
+        """How many rows this method's loss on the (prepared) `batch` is a mean over; the training loop weights each
+        micro-batch of a gradient-accumulation window by its share of them (`train.grad_accum`). Default
+        `batch.loss_units`: labelled positions for token batches, examples otherwise."""
+        return loss_units(batch)
 
     # Hooks the pipeline reads generically (no method names in the engine); the defaults describe plain KD.
     @classmethod
@@ -121,8 +128,14 @@ class Method(nn.Module):
         raise NotImplementedError
 
 
-def _prepare_hook(module: Method, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (module.prepare_batch(args[0]), *args[1:]) if args else args
+def _prepare_hook(module: Method, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if args:
+        args = (module.prepare_batch(args[0]), *args[1:])
+        module.last_units = module.units(args[0])
+    elif "batch" in kwargs:
+        kwargs = {**kwargs, "batch": module.prepare_batch(kwargs["batch"])}
+        module.last_units = module.units(kwargs["batch"])
+    return args, kwargs
 
 
 def build_method(

@@ -1,0 +1,191 @@
+"""Gradient accumulation in the one training loop (`train.grad_accum`, `Distiller(grad_accum=...)`): k micro-batches
+per optimizer step give the update of one batch k times as large -- each micro-batch weighted by its share of the
+window's rows (labelled next-token positions for LMs, examples for classifiers), not a mean of micro-batch means --
+also for a shorter last window; a non-finite micro-batch skips the whole update; a run killed inside a window resumes
+bit-identical (checkpoints sit on window edges)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from distill.api import Distiller
+from distill.batch import loss_units
+from distill.config import TrainConfig
+from distill.engine.checkpoint import Checkpointer
+from distill.engine.loop import fit
+from distill.methods import build_method
+from distill.teachers import LiveTeacher
+
+
+def _classifier_data(batch_size: int) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def _classifiers() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)), nn.Linear(6, 3)
+
+
+def _train(teacher: nn.Module, student: nn.Module, loader: DataLoader, accum: int, epochs: int = 2, **kw) -> nn.Module:
+    d = Distiller(teacher, student, lr=0.1, optimizer="sgd", scheduler="constant", progress=False,
+                  channels_last=False, grad_accum=accum, **kw)
+    d.fit(loader, epochs=epochs)
+    return student
+
+
+def _assert_same(a: nn.Module, b: nn.Module, atol: float = 1e-6) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, atol=atol, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_classifier_window_equals_one_big_batch_also_a_short_last_window() -> None:
+    """64 examples: batches of 48 (then 16) vs micro-batches of 12 accumulated 4 at a time, whose last window is
+    12 + 4 examples: weighting by examples gives the same weights; a mean of micro-batch means would not."""
+    teacher, student = _classifiers()
+    one = _train(teacher, copy.deepcopy(student), _classifier_data(48), accum=1, temperature=2.0, alpha=0.5)
+    acc = _train(teacher, copy.deepcopy(student), _classifier_data(12), accum=4, temperature=2.0, alpha=0.5)
+    _assert_same(one, acc)
+    assert not torch.allclose(one.weight, student.weight)  # it trained
+
+
+pytest.importorskip("transformers")
+from hf_models import collate  # noqa: E402
+from lm_models import LMDataset, tiny_llama  # noqa: E402
+
+
+class _RaggedLM(torch.utils.data.Dataset):
+    """LMDataset rows (3-token prompt, labels -100 there) cut to 5..10 tokens, unpadded (the collator pads)."""
+
+    def __init__(self, n: int = 16) -> None:
+        base = LMDataset(n)
+        g = torch.Generator().manual_seed(4)
+        lengths = torch.randint(5, 11, (n,), generator=g).tolist()
+        self.rows = [{k: v[:length] for k, v in base[i].items()} for i, length in enumerate(lengths)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def _lm_loader(batch_size: int) -> DataLoader:
+    return DataLoader(_RaggedLM(), batch_size=batch_size, shuffle=True, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("options", [{"head": "chunked"}, {"head": "logits"}])
+def test_lm_window_equals_one_big_batch(options: dict) -> None:
+    """lm_kd on ragged rows: batch 8 vs 4 + 4 accumulated. The micro-batches hold different numbers of next-token
+    targets, so only token weighting gives the same weights (checked: weighting micro-batches equally does not)."""
+    teacher, student = tiny_llama(hidden=48, seed=1), tiny_llama(hidden=32, seed=0)
+    counts = [loss_units(build_method("lm_kd", student, None).prepare_batch(b)) for b in _lm_loader(4)]
+    assert len(set(counts)) > 1  # the case that needs token weighting
+    kw = {"method": "lm_kd", "temperature": 1.0, "alpha": 0.5, "options": options}
+    one = _train(teacher, copy.deepcopy(student), _lm_loader(8), accum=1, **kw)
+    acc = _train(teacher, copy.deepcopy(student), _lm_loader(4), accum=2, **kw)
+    _assert_same(one, acc, atol=2e-6)
+    assert any(not torch.allclose(p, q) for p, q in zip(one.parameters(), student.parameters()))
+
+
+def test_units_count_the_labelled_next_token_positions() -> None:
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8, 0], [5, 6, 7, 0, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]),
+             "labels": torch.tensor([[-100, -100, 7, 8, -100], [-100, 6, 7, -100, -100]])}
+    method = build_method("lm_kd", tiny_llama(hidden=32), None)
+    assert loss_units(method.prepare_batch(batch)) == 4  # targets 7, 8 | 6, 7
+    assert loss_units((torch.zeros(5, 3), torch.zeros(5, dtype=torch.long))) == 5  # a classifier batch: its examples
+    assert loss_units((torch.zeros(5, 3), torch.zeros(5, 4))) == 5  # multi-label (float) targets: still examples
+
+
+def test_keyword_batch_goes_through_the_same_preparation() -> None:
+    """`method(batch=...)` gets the next-token shift (and its units recorded) like `method(batch)`."""
+    teacher, student = tiny_llama(hidden=48, seed=1), tiny_llama(hidden=32, seed=0)
+    method = build_method("lm_kd", student, LiveTeacher(teacher, tune=False), temperature=1.0, alpha=0.5)
+    batch = next(iter(_lm_loader(4)))
+    positional, units = method(batch)["loss"], method.last_units
+    method.last_units = 0
+    torch.testing.assert_close(method(batch=batch)["loss"], positional)
+    assert method.last_units == units > 0
+
+
+class _Crashing(nn.Module):
+    """A plain module (no Method pre-hook: units come from the batch) that dies on forward call `crash_at`."""
+
+    def __init__(self, crash_at: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.student = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.2), nn.Linear(8, 3))
+        self.calls = 0
+        self.crash_at = crash_at
+
+    def forward(self, batch) -> dict:  # noqa: ANN001
+        self.calls += 1
+        if self.crash_at is not None and self.calls == self.crash_at:
+            raise KeyboardInterrupt("killed")
+        x, y = batch
+        return {"loss": nn.functional.cross_entropy(self.student(x), y)}
+
+
+def test_killed_inside_a_window_resumes_bit_identical(tmp_path) -> None:  # noqa: ANN001
+    """Micro-batches of 8, 3 per step (64 examples: windows of 3, 3, 2 per epoch), 2 epochs, a checkpoint every step;
+    killed on micro-batch 10 (the middle of epoch 1's first window, after step 3), resumed from step 3: the same weights as the
+    uninterrupted run, bit for bit (dropout RNG and data order included)."""
+    cfg = TrainConfig(epochs=2, lr=0.05, optimizer="adam", grad_accum=3, checkpoint_every=1)
+    full = _Crashing()
+    summary = fit(full, _classifier_data(8), cfg, accelerator=Accelerator(cpu=True), phase="p", progress=False)
+    assert summary["steps"] == 6
+    killed = _Crashing(crash_at=10)
+    with pytest.raises(KeyboardInterrupt):
+        fit(killed, _classifier_data(8), cfg, accelerator=Accelerator(cpu=True), phase="p", progress=False,
+            checkpointer=Checkpointer(tmp_path, every=1))
+    resumed = _Crashing()
+    fit(resumed, _classifier_data(8), cfg, accelerator=Accelerator(cpu=True), phase="p", progress=False,
+        checkpointer=Checkpointer(tmp_path, every=1, resume=True))
+    assert resumed.calls == 8  # epoch 1 whole: the interrupted window again, then the rest
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+class _NaNOnce(nn.Module):
+    def __init__(self, bad_call: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.student = nn.Linear(6, 3)
+        self.calls, self.bad_call = 0, bad_call
+
+    def forward(self, batch) -> dict:  # noqa: ANN001
+        self.calls += 1
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.student(x), y)
+        return {"loss": loss * float("nan") if self.calls == self.bad_call else loss}
+
+
+def test_a_nonfinite_micro_batch_skips_its_whole_window() -> None:
+    cfg = TrainConfig(epochs=1, lr=0.05, optimizer="sgd", scheduler="constant", grad_accum=2)
+    events = []
+
+    class Log:
+        def log(self, record: dict) -> None:
+            events.append(record)
+
+    bad = _NaNOnce(bad_call=1)  # the first micro-batch of the first window
+    start = bad.student.weight.detach().clone()
+    summary = fit(bad, _classifier_data(8), cfg, accelerator=Accelerator(cpu=True), phase="p", progress=False,
+                  log=Log())
+    assert summary["skipped_steps"] == 1 and summary["steps"] == 4
+    assert [e["step"] for e in events if e.get("event") == "nonfinite_skip"] == [0]
+    ref = _NaNOnce(bad_call=0)  # never bad: 4 updates
+    fit(ref, _classifier_data(8), cfg, accelerator=Accelerator(cpu=True), phase="p", progress=False)
+    assert not torch.equal(bad.student.weight, start)
+    assert not torch.equal(bad.student.weight, ref.student.weight)  # the first window's update is missing
