@@ -189,3 +189,25 @@ def test_a_nonfinite_micro_batch_skips_its_whole_window() -> None:
     fit(ref, _classifier_data(8), cfg, accelerator=Accelerator(cpu=True), phase="p", progress=False)
     assert not torch.equal(bad.student.weight, start)
     assert not torch.equal(bad.student.weight, ref.student.weight)  # the first window's update is missing
+
+
+def test_on_policy_micro_batches_of_one_update_draw_their_own_samples() -> None:
+    """lm_kd on-policy under accumulation: every micro-batch gets its own generation seed (no two alike), keyed by
+    (update, micro-batch) -- the first micro-batch keeps the seed it has without accumulation -- both through the loop
+    (on_step once per update) and as the HF Trainer calls it (on_step once per micro-batch, same global step)."""
+    teacher, student = tiny_llama(hidden=48, seed=1), tiny_llama(hidden=32, seed=0)
+    options = {"on_policy": 1.0, "max_new_tokens": 3}
+    d = Distiller(teacher, student, method="lm_kd", options=options, temperature=1.0, alpha=0.5, lr=1e-2,
+                  progress=False, channels_last=False, grad_accum=2)
+    d.fit(_lm_loader(4), epochs=1)  # 16 rows: 4 micro-batches, 2 updates
+    log = d.method.generation_log
+    assert [(g["step"], g["micro"]) for g in log] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert len({g["seed"] for g in log}) == 4 and log[0]["seed"] == 1 and log[2]["seed"] == 3
+
+    method = build_method("lm_kd", tiny_llama(hidden=32, seed=0), LiveTeacher(teacher, tune=False),
+                          temperature=1.0, alpha=0.5, options=options)
+    for update in (0, 0, 1, 1):  # the Trainer's pattern
+        method.on_step(update, 2)
+        method(next(iter(_lm_loader(4))))
+    assert [(g["step"], g["micro"], g["seed"]) for g in method.generation_log] == \
+        [(g["step"], g["micro"], g["seed"]) for g in log]

@@ -23,7 +23,9 @@ Training modes (`prepare_batch`, before each training step; one training loop):
   by token by the teacher (GKD). Mixtures: both options together (seq-KD batches, of which λ are on-policy instead).
 A row's prompt is its leading positions labelled -100 (the whole row when it has no label). Generation uses the
 model's own `generate` (sampling at `gen_temperature`, `max_new_tokens`), seeded with `seed + 2·step` (+1 for the
-student; recorded in `self.generation_log`), so a run's completions — and a resumed run's — are reproducible.
+student; under gradient accumulation each later micro-batch of a step gets its own seed and on-policy draw, derived
+from (seed, step, micro-batch); recorded in `self.generation_log`), so a run's completions — and a resumed run's — are
+reproducible.
 
 Before the first step `check` refuses models with different vocabularies (cross-tokenizer distillation is not
 supported); `check_vocabulary` also compares tokenizers when given.
@@ -112,7 +114,9 @@ class LMKD(Method):
         o = self.options
         self.rows_fn = divergence_rows(o.divergence, temperature=self.temperature, beta=o.beta,
                                        skew_alpha=o.skew_alpha)
-        self._step = 0  # training steps so far (set by on_step; counted here when called directly)
+        # (optimizer update, micro-batch within it) of the next training batch: on_step sets the update; micro-batches
+        # of one update (gradient accumulation) are counted here, so each gets its own decision and generation seed
+        self._update, self._micro = 0, 0
         self.generation_log: list[dict[str, Any]] = []  # one record per generation: who, seed, rows, tokens
 
     @classmethod
@@ -176,29 +180,32 @@ class LMKD(Method):
 
     # ---- training modes: the batch a step trains on ---------------------------------------------------------------
     def on_step(self, done: int, total: int) -> None:
-        self._step = done
+        # the loop calls this once per update, the HF Trainer once per micro-batch: only a new update resets the count
+        if done != self._update:
+            self._update, self._micro = done, 0
 
     def prepare_batch(self, batch: Any) -> Any:
-        """Step n's batch: with `seq_kd` the teacher's completions of its prompts; with probability λ (decided by
-        `seed` and n alone, so a resumed run decides as the uninterrupted one) the student's."""
+        """Update n's batch (micro-batch m of it): with `seq_kd` the teacher's completions of its prompts; with
+        probability λ (decided by `seed`, n and m alone, so a resumed run decides as the uninterrupted one) the
+        student's."""
         o = self.options
         # Mapping, not dict: HF collators give a BatchEncoding (a UserDict)
         if self.training and isinstance(batch, Mapping) and not batch.get(SHIFTED_KEY):
-            step = self._step
-            self._step += 1
+            step = (self._update, self._micro)
+            self._micro += 1
             if o.seq_kd:
                 teacher_model = getattr(self.teacher, "model", None)
                 if teacher_model is None:
                     raise DistillError("lm_kd seq_kd: the teacher must run live (not from a cache) to generate")
                 batch = self._complete(teacher_model, batch, "teacher", step)
-            if o.on_policy > 0 and random.Random(f"{o.seed}:{step}").random() < o.on_policy:
+            if o.on_policy > 0 and random.Random(_key(o.seed, step)).random() < o.on_policy:
                 if getattr(self.teacher, "model", None) is None:
                     raise DistillError("lm_kd on_policy: the teacher must run live (not from a cache) to score the "
                                        "student's completions")
                 batch = self._complete(self.student, batch, "student", step)
         return super().prepare_batch(batch)
 
-    def _complete(self, model: nn.Module, batch: Mapping, who: str, step: int = 0) -> dict:
+    def _complete(self, model: nn.Module, batch: Mapping, who: str, step: tuple[int, int] = (0, 0)) -> dict:
         """The batch's prompts (each row's leading -100-labelled real tokens), left-padded, completed by `model`'s
         `generate`; labels are the generated tokens (-100 on prompts, padding and everything after an EOS)."""
         ids, attention = batch["input_ids"], batch.get("attention_mask")
@@ -231,7 +238,11 @@ class LMKD(Method):
             if row.numel():
                 prompts[i, width - row.numel():] = row
                 prompt_mask[i, width - row.numel():] = 1
-        seed = self.options.seed + 2 * step + (who == "student")  # recorded in generation_log
+        update, micro = step
+        if micro == 0:  # recorded in generation_log
+            seed = self.options.seed + 2 * update + (who == "student")
+        else:  # a later micro-batch of the same update: its own seed, fixed by (seed, update, micro, who)
+            seed = random.Random(f"{_key(self.options.seed, step)}:{who}").randrange(2**31)
         was_training = model.training
         model.eval()
         try:
@@ -248,11 +259,17 @@ class LMKD(Method):
             is_eos = torch.isin(new, torch.tensor(sorted(eos_ids), device=new.device))
             alive = (is_eos.long().cumsum(1) - is_eos.long()) == 0
         new_labels = new.masked_fill(~alive, IGNORE_INDEX)
-        self.generation_log.append({"by": who, "step": step, "seed": seed, "rows": int(ids.shape[0]),
-                                    "new_tokens": int(alive.sum())})
+        self.generation_log.append({"by": who, "step": update, "micro": micro, "seed": seed,
+                                    "rows": int(ids.shape[0]), "new_tokens": int(alive.sum())})
         return {
             **{k: batch[k] for k in ("index", "view") if k in batch},
             "input_ids": torch.cat([prompts, new], 1),
             "attention_mask": torch.cat([prompt_mask, alive.long()], 1),
             "labels": torch.cat([torch.full_like(prompts, IGNORE_INDEX), new_labels], 1),
         }
+
+
+def _key(seed: int, step: tuple[int, int]) -> str:
+    """The random key of update n's micro-batch m: `seed:n` for the first (as without accumulation), `seed:n:m` after."""
+    update, micro = step
+    return f"{seed}:{update}" if micro == 0 else f"{seed}:{update}:{micro}"
