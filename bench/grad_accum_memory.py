@@ -75,7 +75,6 @@ def main() -> None:
     if args.child:
         child(args.rows, args.length, int(args.child[0]), args.child[1])
         return
-    import torch
     from safetensors.torch import load_file
 
     results, weights = [], {}
@@ -91,11 +90,10 @@ def main() -> None:
             row.update(micro_batch=args.rows // k, grad_accum=k)
             results.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n| micro-batch x grad_accum | peak extra MB | max abs diff of the updated weights vs one batch |")
+    print("\n| micro-batch x grad_accum | peak extra MB | max abs diff of the updated weights vs one batch |")
     print("|---|---|---|")
     for r in results:
         print(f"| {r['micro_batch']} x {r['grad_accum']} | {r['peak_extra_mb']:.0f} | {r['max_abs_diff_vs_one_batch']:.1e} |")
-    del torch
 
 
 if __name__ == "__main__":

@@ -263,6 +263,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("recipe-alpha-negative", with_sets("distill.alpha=-0.1"), "distill.alpha"),
     ("recipe-lr-zero", with_sets("train.lr=0"), "train.lr"),
     ("recipe-lr-nan", with_sets("train.lr=.nan"), "train.lr"),
+    ("recipe-grad-accum-zero", with_sets("train.grad_accum=0"), "train.grad_accum"),
+    ("recipe-grad-accum-fraction", with_sets("train.grad_accum=1.5"), "train.grad_accum"),
     ("recipe-seed-negative", with_sets("seed=-1"), "seed"),
     ("recipe-eval-temperature-zero", with_sets("eval.temperatures=[1, 0]"), "temperatures"),
     ("recipe-labelled-fraction-zero", with_sets("data.labelled_fraction=0"), "data.labelled_fraction"),
@@ -395,7 +397,7 @@ def test_a_bad_input_in_a_real_process(tmp_path):
 # --- property: the validator only ever yields a Recipe or a DistillError -------------------------------------------
 KEYS = ["name", "seed", "data", "teacher", "student", "distill", "train", "eval", "kwargs", "weights", "epochs", "lr",
         "method", "temperature", "alpha", "options", "batch_size", "num_classes", "labelled_fraction", "optimizer",
-        "scheduler", "max_steps", "checkpoint_every", "max_nonfinite", "temperatures", "hidden", "sigmoid", "bogus"]
+        "scheduler", "max_steps", "grad_accum", "checkpoint_every", "max_nonfinite", "temperatures", "hidden", "sigmoid", "bogus"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
                     st.text(max_size=12), st.sampled_from(["digits", "mlp", "kd", "scratch", "adam", "cosine", "a:b"]))
 documents = st.recursive(
