@@ -212,7 +212,7 @@ def _fit(
             if generator is not None and resume is not None and epoch == start_epoch and resume.state.get("generator"):
                 generator.set_state(generator_state(resume))  # re-create this epoch's shuffle order
             epoch_order = generator.get_state() if generator is not None else None
-            finite, units, sums = True, 0, {}
+            finite, units, ref, sums = True, 0, 0, {}
             for index, batch in enumerate(loader):
                 if epoch == start_epoch and index < start_batch:
                     continue  # trained before the checkpoint
@@ -221,7 +221,7 @@ def _fit(
                 if first:
                     if on_step is not None:
                         on_step(step - skipped, total)  # optimizer updates so far: skipped steps do not count
-                    finite, units, sums = True, 0, {}
+                    finite, units, ref, sums = True, 0, 0, {}
                 # micro-batches before the window's last accumulate locally: no DDP gradient all-reduce for them
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     out = model(batch)
@@ -231,21 +231,23 @@ def _fit(
                         accelerator.backward(loss)
                     elif finite:
                         # weighted by its share of the window's rows (`Method.units`: labelled tokens, or examples):
-                        # the gradients are summed here and divided by the window's total before the update
+                        # gradients of loss * n / ref are summed here and scaled by ref / (the window's rows) before
+                        # the update; ref (the first micro-batch's rows) keeps the scaled loss near 1 for fp16
                         n = getattr(unwrapped, "last_units", None)  # set by Method's pre-hook on the prepared batch
                         n = int(loss_units(batch) if n is None else n)
-                        accelerator.backward(loss * n)
+                        ref = ref or max(n, 1)
+                        accelerator.backward(loss * (n / ref))
                         units += n
                         for k, v in out.items():
                             if v.ndim == 0:
-                                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+                                sums[k] = sums.get(k, 0.0) + v.detach().float() * n
                 samples += batch_size_of(batch)
                 if not last:
                     continue
                 if finite and accum > 1:
                     for p in params:
                         if p.grad is not None:
-                            p.grad.div_(max(units, 1))  # no rows at all: every term was 0, so are the gradients
+                            p.grad.mul_(ref / max(units, 1))  # no rows at all: every term was 0, so are the gradients
                 if not finite:
                     ok = False
                 else:
@@ -277,7 +279,7 @@ def _fit(
                 if step % cfg.log_every == 0 or step == total:
                     record = {"phase": phase, "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
                     if accum > 1 and units:  # the window's means, each micro-batch weighted by its rows
-                        scalars = {k: torch.tensor(v / units) for k, v in sums.items()}
+                        scalars = {k: v / units for k, v in sums.items()}
                     else:
                         scalars = {k: v.detach().float() for k, v in out.items() if v.ndim == 0}
                     if accelerator.num_processes > 1:  # the mean over all processes, not the main one's share
