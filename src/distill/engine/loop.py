@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..batch import batch_size_of, loss_units, to_device
 from ..config import TrainConfig
-from ..errors import DistillError
+from ..errors import DistillError, DistillWarning
 from .checkpoint import Checkpointer, generator_state, restore_rng
 from .metrics import MetricsLog
 
@@ -189,6 +190,7 @@ def _fit(
     unwrapped = accelerator.unwrap_model(model)
 
     on_step = getattr(method, "on_step", None)  # methods that follow the run's progress (DKD's warm-up)
+    warned = False  # about a method whose accumulated update is not exactly one big batch's
     step, skipped, consecutive, samples, start_epoch, start_batch = 0, 0, 0, 0, 0, 0
     if resume is not None:  # optimizer after scheduler: creating a scheduler rewrites the param groups' lr
         optimizer.load_state_dict(resume.optimizer_state())
@@ -233,9 +235,12 @@ def _fit(
                         # weighted by its share of the window's rows (`Method.units`: labelled tokens, or examples):
                         # gradients of loss * n / ref are summed here and scaled by ref / (the window's rows) before
                         # the update; ref (the first micro-batch's rows) keeps the scaled loss near 1 for fp16
-                        n = getattr(unwrapped, "last_units", None)  # set by Method's pre-hook on the prepared batch
-                        n = int(loss_units(batch) if n is None else n)
-                        ref = ref or max(n, 1)
+                        prepared, unwrapped.last_batch = getattr(unwrapped, "last_batch", None), None
+                        n = _units(unwrapped, prepared, batch)
+                        if not ref:  # one scale on every process, so their summed gradients stay comparable
+                            ref = _max_over_processes(max(n, 1), accelerator)
+                        if not warned:
+                            warned = _warn_if_inexact(unwrapped, prepared, phase, accum)
                         accelerator.backward(loss * (n / ref))
                         units += n
                         for k, v in out.items():
@@ -245,9 +250,12 @@ def _fit(
                 if not last:
                     continue
                 if finite and accum > 1:
+                    # DDP averaged the processes' sums of (n / ref)-weighted gradients: times ref * P / (all rows)
+                    rows = units if accelerator.num_processes == 1 else _sum_over_processes(units, accelerator)
+                    scale = ref * accelerator.num_processes / max(rows, 1)  # no rows at all: every term was 0
                     for p in params:
                         if p.grad is not None:
-                            p.grad.mul_(ref / max(units, 1))  # no rows at all: every term was 0, so are the gradients
+                            p.grad.mul_(scale)
                 if not finite:
                     ok = False
                 else:
@@ -278,7 +286,9 @@ def _fit(
                 step += 1
                 if step % cfg.log_every == 0 or step == total:
                     record = {"phase": phase, "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
-                    if accum > 1 and units:  # the window's means, each micro-batch weighted by its rows
+                    if accum > 1 and not finite:  # a skipped window: its partial means would look like a result
+                        scalars = {k: torch.tensor(float("nan")) for k, v in out.items() if v.ndim == 0}
+                    elif accum > 1 and units:  # the window's means, each micro-batch weighted by its rows
                         scalars = {k: v / units for k, v in sums.items()}
                     else:
                         scalars = {k: v.detach().float() for k, v in out.items() if v.ndim == 0}
@@ -311,6 +321,34 @@ def _fit(
         checkpointer.save(phase=phase, step=step, done=True, model=accelerator.unwrap_model(model), optimizer=optimizer,
                           scheduler=scheduler, position={"epoch": epochs, "batch": 0}, extra={"summary": summary})
     return summary
+
+
+def _units(method: torch.nn.Module, prepared: Any, batch: Any) -> int:
+    """The rows the method's loss on its latest batch averaged over: `Method.units` of the batch its pre-hook
+    prepared, or `batch.loss_units` of the raw batch for a plain module."""
+    units = getattr(method, "units", None)
+    return int(units(prepared)) if prepared is not None and callable(units) else loss_units(batch)
+
+
+def _warn_if_inexact(method: torch.nn.Module, prepared: Any, phase: str, accum: int) -> bool:
+    """Warn once per phase when the method says its accumulated update is not exactly one big batch's."""
+    note = getattr(method, "accumulation_note", None)
+    reason = note(prepared) if callable(note) and prepared is not None else None
+    if reason:
+        warnings.warn(DistillWarning(
+            f"{phase}: train.grad_accum={accum} gives close to, not exactly, the update of one batch {accum}x as large: "
+            f"{type(method).__name__.lower()} {reason}"), stacklevel=2)
+    return True
+
+
+def _max_over_processes(value: int, accelerator: Accelerator) -> int:
+    if accelerator.num_processes == 1:
+        return value
+    return int(accelerator.gather(torch.tensor([value], device=accelerator.device)).max())
+
+
+def _sum_over_processes(value: int, accelerator: Accelerator) -> int:
+    return int(accelerator.reduce(torch.tensor([value], device=accelerator.device), reduction="sum").sum())
 
 
 def _all_finite(loss: torch.Tensor, accelerator: Accelerator) -> bool:

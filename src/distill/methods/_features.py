@@ -146,7 +146,10 @@ def pairwise_method(
         feature = over_pairs(losses, reduction)
         return combine(self, f, batch, feature)
 
-    attrs = {"runs_teacher_models": True, "uses": frozenset({"temperature"}), "Options": options, "method_name": name,
+    caveat = "its loss relates the examples within one batch, which under accumulation is a micro-batch" \
+        if mode == "relation" else None
+    attrs = {"accumulation_caveat": caveat, "token_features": mode != "relation",
+             "runs_teacher_models": True, "uses": frozenset({"temperature"}), "Options": options, "method_name": name,
              "pair_mode": mode, "pair_select": select, "pair_reduction": reduction, "__doc__": doc,
              "check": classmethod(check), "setup": setup, "forward": forward}
     cls = type(name.capitalize(), (Method,), attrs)

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from ..batch import is_causal_lm, loss_units, next_token_batch
+from ..batch import IGNORE_INDEX, attention_mask_of, is_causal_lm, labels_of, loss_units, next_token_batch
 from ..config import DistillConfig, one_line
 from ..errors import DistillError
 from ..registry import Registry
@@ -45,6 +45,11 @@ class Method(nn.Module):
     # The models it works on: "any" (tensor or keyword inputs, logits out: image classifiers, HF classifiers, LMs) or
     # "hf-encoder" (Hugging Face encoders called with output_hidden_states, e.g. for hidden-state or embedding terms).
     models: ClassVar[str] = "any"
+    # Gradient accumulation (`train.grad_accum`) weights each micro-batch by `units`; a method whose loss is not a mean
+    # over those rows says why here (relations within a batch, a memory bank updated per micro-batch) ...
+    accumulation_caveat: ClassVar[str | None] = None
+    # ... or sets this when terms over hidden states average over tokens while `units` counts examples
+    token_features: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -62,7 +67,7 @@ class Method(nn.Module):
         self.alpha = float(alpha)
         self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
         self._causal: bool | None = None
-        self.last_units = 0  # `units` of the batch the latest forward saw (gradient accumulation weights by it)
+        self.last_batch: Any = None  # the prepared batch of the latest forward (gradient accumulation counts its units)
         # Every call `method(batch)` or `method(batch=...)` (the loop's, DDP's, the HF Trainer's) first passes the
         # batch through `prepare_batch`, so no method's forward can forget the next-token shift of causal LMs.
         self.register_forward_pre_hook(_prepare_hook, with_kwargs=True)
@@ -81,6 +86,20 @@ class Method(nn.Module):
         micro-batch of a gradient-accumulation window by its share of them (`train.grad_accum`). Default
         `batch.loss_units`: labelled positions for token batches, examples otherwise."""
         return loss_units(batch)
+
+    def accumulation_note(self, batch: Any) -> str | None:
+        """Why k accumulated micro-batches like the (prepared) `batch` would not give exactly the update of one batch
+        k times the size; None when they do (every term averages over the `units` rows). The loop warns once per
+        phase when `train.grad_accum` > 1 and this is not None."""
+        if self.accumulation_caveat:
+            return self.accumulation_caveat
+        if self.token_features and attention_mask_of(batch) is not None:
+            return "its hidden-state terms average over tokens while the micro-batches are weighted by examples"
+        labels = labels_of(batch)
+        if isinstance(labels, torch.Tensor) and labels.ndim == 1 and not bool((labels != IGNORE_INDEX).all()):
+            return ("its hard term averages over the labelled examples only and its soft term over all, while the "
+                    "micro-batches are weighted by examples")
+        return None
 
     # Hooks the pipeline reads generically (no method names in the engine); the defaults describe plain KD.
     @classmethod
@@ -131,10 +150,10 @@ class Method(nn.Module):
 def _prepare_hook(module: Method, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if args:
         args = (module.prepare_batch(args[0]), *args[1:])
-        module.last_units = module.units(args[0])
+        module.last_batch = args[0]
     elif "batch" in kwargs:
         kwargs = {**kwargs, "batch": module.prepare_batch(kwargs["batch"])}
-        module.last_units = module.units(kwargs["batch"])
+        module.last_batch = kwargs["batch"]
     return args, kwargs
 
 

@@ -67,6 +67,7 @@ class CRD(Method):
     runs_teacher_models = True
     uses = frozenset({"temperature"})
     method_name = "crd"
+    accumulation_caveat = "its memory bank is updated after every micro-batch, and its negatives drawn per micro-batch"
     pair_mode = "relation"
     pair_select = "last"
 

@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..batch import feature_mask, inputs_of, labels_of, token_mask
+from ..batch import attention_mask_of, feature_mask, inputs_of, labels_of, token_mask
 from ..errors import DistillError
 from ..losses import embedding_loss, hard_loss, kd_loss, token_cosine_loss
 from ..pairing import teacher_model
@@ -71,6 +71,11 @@ class _EmbeddingBase(Method):
     runs_teacher_models = True  # taps the teacher's hidden states: a live teacher model
     uses = frozenset({"temperature"})
     method_name = "embedding"
+
+    def accumulation_note(self, batch: Any) -> str | None:
+        if self.options.hidden_weight > 0 and attention_mask_of(batch) is not None:
+            return "its hidden-state term averages over tokens while the micro-batches are weighted by examples"
+        return super().accumulation_note(batch)
 
     @classmethod
     def check(cls, student: nn.Module, teacher: nn.Module, example_batch: Any, options: dict[str, Any], *,

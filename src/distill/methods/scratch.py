@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..batch import forward_logits, inputs_of, labels_of
+from ..batch import IGNORE_INDEX, forward_logits, inputs_of, labels_of, loss_units
 from ..errors import DistillError
 from ..losses import hard_loss
 from .base import Method, register_method
@@ -16,6 +16,16 @@ from .base import Method, register_method
 class Scratch(Method):
     needs_teacher = False
     uses = frozenset()  # neither distill.temperature nor distill.alpha
+
+    def units(self, batch: Any) -> int:
+        """Its one term averages over the labelled rows: examples with a label, or labelled tokens."""
+        labels = labels_of(batch)
+        if isinstance(labels, torch.Tensor) and labels.ndim == 1:
+            return int((labels != IGNORE_INDEX).sum())
+        return loss_units(batch)
+
+    def accumulation_note(self, batch: Any) -> str | None:
+        return None  # `units` counts exactly the rows its one term averages over
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         labels = labels_of(batch)
