@@ -62,3 +62,31 @@ def test_completions_are_scored_at_their_generated_positions(head: str, mode: di
     want = method(right_aligned(completed))
     for key in ("loss", "soft", "hard"):
         torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+
+
+class FixedGenerator(torch.nn.Module):
+    """`generate` returns the prompts followed by fixed new tokens; the EOS ids come from the generation config."""
+
+    def __init__(self, new: list[list[int]], eos) -> None:
+        super().__init__()
+        from transformers import GenerationConfig, PretrainedConfig
+
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.new = torch.tensor(new)
+        self.generation_config = GenerationConfig(eos_token_id=eos)
+        self.config = PretrainedConfig()
+        self.seen_eos = None
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, pad_token_id, eos_token_id):
+        self.seen_eos = eos_token_id
+        return torch.cat([input_ids, self.new[:, :max_new_tokens]], 1)
+
+
+@pytest.mark.parametrize("eos,want", [([2, 3], [[5, 3], [6, 7, 2], [8, 9, 9, 9, 9]]),
+                                      (2, [[5, 3, 7, 2], [6, 7, 2], [8, 9, 9, 9, 9]])])
+def test_greedy_generations_cut_at_any_eos_of_a_list(eos, want) -> None:
+    from distill.engine.lm_eval import greedy_generations
+
+    model = FixedGenerator([[5, 3, 7, 2, 9], [6, 7, 2, 3, 4], [8, 9, 9, 9, 9]], eos)
+    got = greedy_generations(model, [[11, 12], [13], [14, 15, 16]], max_new_tokens=5, pad=0)
+    assert got == want and model.seen_eos == eos
