@@ -90,3 +90,24 @@ def test_greedy_generations_cut_at_any_eos_of_a_list(eos, want) -> None:
     model = FixedGenerator([[5, 3, 7, 2, 9], [6, 7, 2, 3, 4], [8, 9, 9, 9, 9]], eos)
     got = greedy_generations(model, [[11, 12], [13], [14, 15, 16]], max_new_tokens=5, pad=0)
     assert got == want and model.seen_eos == eos
+
+
+def test_greedy_teacher_answers_are_reused_under_another_seed(tmp_path, monkeypatch) -> None:
+    """Greedy decoding draws no random numbers: a store made with seed 0 serves seed 5 (a run with another seed)
+    instead of refusing it; the manifest keeps the seed it was made with. Other settings are still refused."""
+    from lm_fixtures import SpaceTokenizer, tiny_llama
+
+    from distill.data import prompts as prompts_module
+    from distill.errors import DistillError
+
+    teacher, tok = tiny_llama(seed=0, layers=2), SpaceTokenizer()
+    prompts = ["say hello", "list colours"]
+    first = prompts_module.teacher_answers(teacher, tok, prompts, out=tmp_path / "a", max_new_tokens=4, seed=0,
+                                           progress=False)
+    monkeypatch.setattr(prompts_module, "_generate", lambda *a, **k: pytest.fail("regenerated instead of reusing"))
+    again = prompts_module.teacher_answers(teacher, tok, prompts, out=tmp_path / "a", max_new_tokens=4, seed=5,
+                                           progress=False)
+    assert again.answer_ids == first.answer_ids and again.manifest["seed"] == 0 == first.manifest["seed"]
+    with pytest.raises(DistillError, match="another max_new_tokens"):
+        prompts_module.teacher_answers(teacher, tok, prompts, out=tmp_path / "a", max_new_tokens=5, seed=5,
+                                       progress=False)
