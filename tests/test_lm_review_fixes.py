@@ -111,3 +111,39 @@ def test_greedy_teacher_answers_are_reused_under_another_seed(tmp_path, monkeypa
     with pytest.raises(DistillError, match="another max_new_tokens"):
         prompts_module.teacher_answers(teacher, tok, prompts, out=tmp_path / "a", max_new_tokens=5, seed=5,
                                        progress=False)
+
+
+def test_minilm_memo_rereads_a_directory_whose_files_changed(tmp_path) -> None:
+    """The encoder memo is keyed by the directory's files (names, sizes, mtimes), not its path: a model saved again
+    into the same directory is what the next load returns; an unchanged directory is still read once."""
+    import os
+
+    from transformers import BertConfig, BertModel
+
+    from distill.models import minilm
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(BertModel(config).eval())
+    directory = tmp_path / "encoder"
+    models[0].save_pretrained(directory)
+    first = minilm.load_encoder(str(directory))
+    torch.testing.assert_close(first.state_dict(), models[0].state_dict())
+    calls = []
+    real = minilm._from_pretrained
+    minilm._from_pretrained = lambda d: calls.append(d) or real(d)
+    try:
+        assert minilm.load_encoder(str(directory)) is not first and not calls  # memo hit: a copy, no read
+        models[1].save_pretrained(directory)
+        weights = directory / "model.safetensors"
+        stat = weights.stat()
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later mtime even on coarse clocks
+        second = minilm.load_encoder(str(directory))
+    finally:
+        minilm._from_pretrained = real
+    torch.testing.assert_close(second.state_dict(), models[1].state_dict())
+    assert len(calls) == 1
+    assert sum(k[0] == str(directory.resolve()) for k in minilm._LOADED) == 1  # the old contents are dropped
