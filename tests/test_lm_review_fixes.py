@@ -147,3 +147,34 @@ def test_minilm_memo_rereads_a_directory_whose_files_changed(tmp_path) -> None:
     torch.testing.assert_close(second.state_dict(), models[1].state_dict())
     assert len(calls) == 1
     assert sum(k[0] == str(directory.resolve()) for k in minilm._LOADED) == 1  # the old contents are dropped
+
+
+def test_tied_weights_are_saved_once_and_tied_again_on_load(tmp_path) -> None:
+    """A tied LM (output head = input embeddings) is written with its embedding once — about half the bytes when the
+    embedding dominates — and loads back tied, with equal outputs; a file holding both copies (older artifacts)
+    still loads."""
+    from lm_models import tiny_llama
+    from safetensors.torch import save_file
+
+    from distill.engine.io import load_weights, save_weights, state_bytes
+
+    model = tiny_llama(hidden=16, layers=1, vocab=2000, seed=0, tied=True).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    everything = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    once = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers() if b is not None)
+    path = save_weights(model, tmp_path / "student.safetensors")
+    size = path.stat().st_size
+    assert everything > 1.9 * once  # the embedding is most of the model: a copy nearly doubles it
+    assert once <= size < once + 4096 and size < 0.55 * everything
+    assert len(state_bytes(model)) == size
+    fresh = tiny_llama(hidden=16, layers=1, vocab=2000, seed=1, tied=True).eval()
+    load_weights(fresh, path)
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
+    ids = torch.tensor([[5, 1500, 7, 1999]])
+    torch.testing.assert_close(fresh(input_ids=ids).logits, model(input_ids=ids).logits, atol=0, rtol=0)
+    old_style = tmp_path / "old.safetensors"  # every tensor written out, as before this fix
+    save_file({k: v.detach().clone() for k, v in model.state_dict().items()}, str(old_style))
+    again = load_weights(tiny_llama(hidden=16, layers=1, vocab=2000, seed=2, tied=True).eval(), old_style)
+    assert again.lm_head.weight is again.model.embed_tokens.weight
+    torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits, atol=0, rtol=0)
