@@ -24,6 +24,12 @@ TRL is not a dependency of distill: run this with an environment that has it, e.
         from transformers import AutoTokenizer as A; \
         A.from_pretrained(str(p().parent), gguf_file=p().name).save_pretrained('/tmp/smoltok')"
     PYTHONPATH=src HF_HUB_OFFLINE=1 /tmp/trl-venv/bin/python bench/trl_onpolicy_speed.py --tokenizer /tmp/smoltok
+
+`--teacher smollm2`: the real SmolLM2-135M-Instruct teacher (our `hf-causal-lm` loader, `load_causal_lm`;
+`--teacher-path` is the GGUF file — default the packaged one, needs `gguf` in that environment — or a
+`save_pretrained` directory of it, faster to load in every subprocess) with its own tokenizer, and the smollm2
+recipe's from-scratch student (`causal_lm_student`: width 256, 4 layers, 4 heads, 2 KV heads, MLP 768, tied
+embeddings, seed 0; 15.7M parameters). `--tokenizer` is then not used.
 """
 
 from __future__ import annotations
@@ -67,9 +73,19 @@ def run_side(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
 
     torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+    if args.teacher == "smollm2":
+        from distill.models.causal_lm import causal_lm_student, load_causal_lm, smollm2_path
+
+        teacher = load_causal_lm(args.teacher_path or smollm2_path())
+        student = causal_lm_student(teacher, init="scratch", hidden_size=256, num_layers=4, num_heads=4,
+                                    num_kv_heads=2, intermediate_size=768, seed=0).train()
+        tok = teacher.distill_tokenizer
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+    else:
+        tok = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+        student, teacher = _models(len(tok), tok.pad_token_id, tok.eos_token_id)
     tok.padding_side = "left"
-    student, teacher = _models(len(tok), tok.pad_token_id, tok.eos_token_id)
     prompts = _prompts(args.batch * args.steps)
     # every completion has exactly --new tokens: EOS can never be sampled
     suppress = {"suppress_tokens": [tok.eos_token_id], "min_new_tokens": args.new}
@@ -142,6 +158,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--new", type=int, default=32, help="new tokens per completion")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--teacher", choices=["tiny", "smollm2"], default="tiny")
+    ap.add_argument("--teacher-path", default=None, help="smollm2: GGUF file or save_pretrained dir")
     args = ap.parse_args()
     if args.side:
         print(json.dumps(run_side(args)))
@@ -150,7 +168,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for side in results:
             cmd = [sys.executable, __file__, "--side", side, "--tokenizer", args.tokenizer, "--steps", str(args.steps),
-                   "--batch", str(args.batch), "--new", str(args.new)]
+                   "--batch", str(args.batch), "--new", str(args.new), "--teacher", args.teacher]
+            cmd += ["--teacher-path", args.teacher_path] if args.teacher_path else []
             out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                                  env={**__import__("os").environ, "TRL_EXPERIMENTAL_SILENCE": "1"})
             results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -168,7 +187,8 @@ def main() -> None:
         print(f"| {label} | {med[side]:.3f} | {tokens / med[side]:.1f} | {med['trl-gc'] / med[side]:.2f}× | {runs} | "
               f"{mem[side]:.0f} |")
     Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path("bench/results/trl_onpolicy_speed.json").write_text(json.dumps({"args": vars(args), "runs": results},
+    name = "trl_onpolicy_speed" + ("_smollm2" if args.teacher == "smollm2" else "")
+    Path(f"bench/results/{name}.json").write_text(json.dumps({"args": vars(args), "runs": results},
                                                                         indent=2))
 
 
