@@ -12,7 +12,8 @@ teacher 2 × 96, untied heads. Prompts: `--batch` × `--steps` of the recipe's s
 Each measurement is its own subprocess (`--side ours|trl`), alternating ours/TRL over `--rounds` rounds, 1 torch
 thread. A subprocess builds everything, runs one warm-up `train`/`fit` of 2 steps, then times a `train`/`fit` of
 `--steps` steps; s/step = that time / steps (setup excluded by the warm-up: both objects are built anew, but the
-models and tokenizer are not). Peak memory: the rise of the process's RSS high-water mark (`ru_maxrss`) from just
+models and tokenizer are not); CPU s/step = the process's CPU time (`time.process_time`, all its threads) over the
+same span / steps, less sensitive than wall time to other jobs on a shared machine. Peak memory: the rise of the process's RSS high-water mark (`ru_maxrss`) from just
 before the timed run to its end.
 
 TRL is not a dependency of distill: run this with an environment that has it, e.g.
@@ -111,7 +112,7 @@ def run_side(args: argparse.Namespace) -> dict:
 
         make(2, "/tmp/trl-onpolicy-warm").train()
         trainer = make(args.steps, "/tmp/trl-onpolicy")
-        before, t0 = _rss_mb(), time.perf_counter()
+        before, t0, c0 = _rss_mb(), time.perf_counter(), time.process_time()
         trainer.train()
     else:
         from distill.api import Distiller
@@ -143,10 +144,11 @@ def run_side(args: argparse.Namespace) -> dict:
         make().fit(loader(2), epochs=1)
         d = make()
         data = loader(args.steps)
-        before, t0 = _rss_mb(), time.perf_counter()
+        before, t0, c0 = _rss_mb(), time.perf_counter(), time.process_time()
         d.fit(data, epochs=1)
-    seconds = time.perf_counter() - t0
-    return {"side": args.side, "s_per_step": seconds / args.steps, "peak_extra_mb": _rss_mb() - before,
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"side": args.side, "s_per_step": seconds / args.steps, "cpu_s_per_step": cpu / args.steps,
+            "peak_extra_mb": _rss_mb() - before,
             "peak_rss_mb": _rss_mb()}
 
 
@@ -175,17 +177,19 @@ def main() -> None:
             results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(side, results[side][-1], flush=True)
     med = {s: statistics.median(r["s_per_step"] for r in rs) for s, rs in results.items()}
+    cpu = {s: statistics.median(r["cpu_s_per_step"] for r in rs) for s, rs in results.items()}
     mem = {s: max(r["peak_rss_mb"] for r in rs) for s, rs in results.items()}
     tokens = args.batch * args.new
     print(f"\n| on-policy step (λ = 1, reverse KL, T 1, {args.batch} × {args.new} new tokens) | median s/step | "
-          "generated tokens/s | speed vs TRL's default | all s/step | peak RSS MB |")
-    print("|---|---|---|---|---|---|")
+          "generated tokens/s | speed vs TRL's default | all s/step | median CPU s/step | speed vs TRL's default "
+          "(CPU time) | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for side, label in (("trl-gc", "TRL `DistillationTrainer.train()`, its default gradient checkpointing"),
                         ("trl", "TRL `DistillationTrainer.train()`, gradient checkpointing off"),
                         ("ours", "`lm_kd` on_policy 1.0, `Distiller.fit`")):
         runs = ", ".join(f"{r['s_per_step']:.2f}" for r in results[side])
         print(f"| {label} | {med[side]:.3f} | {tokens / med[side]:.1f} | {med['trl-gc'] / med[side]:.2f}× | {runs} | "
-              f"{mem[side]:.0f} |")
+              f"{cpu[side]:.3f} | {cpu['trl-gc'] / cpu[side]:.2f}× | {mem[side]:.0f} |")
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     name = "trl_onpolicy_speed" + ("_smollm2" if args.teacher == "smollm2" else "")
     Path(f"bench/results/{name}.json").write_text(json.dumps({"args": vars(args), "runs": results},

@@ -7,7 +7,8 @@ to TRL's time). Ours: `lm_kd` with the same divergence (generalized JSD, β = 0.
 as GKD), hidden-state chunked head (`head: chunked`) and logits head. Tiny Llama-style pair from configs with
 SmolLM2's vocabulary size V = 49,152; batch 4 × 256 tokens, a 32-token prompt (-100) per row. Each variant is timed
 over `--steps` forward+backward steps after one warm-up, interleaved over `--rounds` rounds; the figure is the ratio
-of median step times (tokens/s ratio), 1 torch thread.
+of median step times (tokens/s ratio), 1 torch thread; also of the median CPU time per step (`time.process_time`,
+less sensitive than wall time to other jobs on a shared machine).
 
     PYTHONPATH=src:/tmp/trlenv/lib/python3.11/site-packages:/tmp/trlextra TRL_EXPERIMENTAL_SILENCE=1 \
         python bench/trl_step_speed.py
@@ -140,12 +141,14 @@ def main() -> None:
     values = {name: fn() for name, fn in variants.items()}  # warm-up, and the losses to compare
     student.zero_grad(set_to_none=True)
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}  # process CPU time: less sensitive to other jobs
     for _ in range(args.rounds):
         for name, fn in variants.items():
             for _ in range(args.steps):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
                 student.zero_grad(set_to_none=True)
     memory: dict[str, float] = {}
     if args.memory:
@@ -157,17 +160,21 @@ def main() -> None:
             memory[name] = json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mb"]
     tokens = args.batch * args.length
     base = statistics.median(times["trl GKD loss step"])
+    base_cpu = statistics.median(cpu["trl GKD loss step"])
     params = sum(p.numel() for p in student.parameters()) / 1e6, sum(p.numel() for p in teacher.parameters()) / 1e6
     print(f"trl {trl.__version__}; teacher {args.teacher} ({params[1]:.1f}M params), student {params[0]:.1f}M; batch "
           f"{args.batch} x {args.length} tokens, V {vocab}, 1 thread, {args.rounds} rounds x {args.steps} steps each")
     mem_head = " peak extra RSS MB (one step) |" if memory else ""
-    print(f"\n| step (λ = 0, JSD β 0.5, T 1) | median s/step | tokens/s | speed vs TRL | loss | every s/step |{mem_head}")
-    print("|---|---|---|---|---|---|" + ("---|" if memory else ""))
+    print(f"\n| step (λ = 0, JSD β 0.5, T 1) | median s/step | tokens/s | speed vs TRL | loss | every s/step | median "
+          f"CPU s/step | speed vs TRL (CPU time) |{mem_head}")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if memory else ""))
     for name in variants:
         med = statistics.median(times[name])
         every = ", ".join(f"{t:.2f}" for t in times[name])
         mem = f" {memory[name]:.0f} |" if memory else ""
-        print(f"| {name} | {med:.3f} | {tokens / med:.0f} | {base / med:.2f}x | {values[name]:.6f} | {every} |{mem}")
+        med_cpu = statistics.median(cpu[name])
+        print(f"| {name} | {med:.3f} | {tokens / med:.0f} | {base / med:.2f}x | {values[name]:.6f} | {every} | "
+              f"{med_cpu:.3f} | {base_cpu / med_cpu:.2f}x |{mem}")
 
 
 if __name__ == "__main__":
