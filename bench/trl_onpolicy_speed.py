@@ -12,7 +12,8 @@ teacher 2 × 96, untied heads. Prompts: `--batch` × `--steps` of the recipe's s
 Each measurement is its own subprocess (`--side ours|trl`), alternating ours/TRL over `--rounds` rounds, 1 torch
 thread. A subprocess builds everything, runs one warm-up `train`/`fit` of 2 steps, then times a `train`/`fit` of
 `--steps` steps; s/step = that time / steps (setup excluded by the warm-up: both objects are built anew, but the
-models and tokenizer are not). Peak memory: the rise of the process's RSS high-water mark (`ru_maxrss`) from just
+models and tokenizer are not); CPU s/step = the process's CPU time (`time.process_time`, all its threads) over the
+same span / steps, less sensitive than wall time to other jobs on a shared machine. Peak memory: the rise of the process's RSS high-water mark (`ru_maxrss`) from just
 before the timed run to its end.
 
 TRL is not a dependency of distill: run this with an environment that has it, e.g.
@@ -24,6 +25,12 @@ TRL is not a dependency of distill: run this with an environment that has it, e.
         from transformers import AutoTokenizer as A; \
         A.from_pretrained(str(p().parent), gguf_file=p().name).save_pretrained('/tmp/smoltok')"
     PYTHONPATH=src HF_HUB_OFFLINE=1 /tmp/trl-venv/bin/python bench/trl_onpolicy_speed.py --tokenizer /tmp/smoltok
+
+`--teacher smollm2`: the real SmolLM2-135M-Instruct teacher (our `hf-causal-lm` loader, `load_causal_lm`;
+`--teacher-path` is the GGUF file — default the packaged one, needs `gguf` in that environment — or a
+`save_pretrained` directory of it, faster to load in every subprocess) with its own tokenizer, and the smollm2
+recipe's from-scratch student (`causal_lm_student`: width 256, 4 layers, 4 heads, 2 KV heads, MLP 768, tied
+embeddings, seed 0; 15.7M parameters). `--tokenizer` is then not used.
 """
 
 from __future__ import annotations
@@ -67,9 +74,19 @@ def run_side(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
 
     torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+    if args.teacher == "smollm2":
+        from distill.models.causal_lm import causal_lm_student, load_causal_lm, smollm2_path
+
+        teacher = load_causal_lm(args.teacher_path or smollm2_path())
+        student = causal_lm_student(teacher, init="scratch", hidden_size=256, num_layers=4, num_heads=4,
+                                    num_kv_heads=2, intermediate_size=768, seed=0).train()
+        tok = teacher.distill_tokenizer
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+    else:
+        tok = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+        student, teacher = _models(len(tok), tok.pad_token_id, tok.eos_token_id)
     tok.padding_side = "left"
-    student, teacher = _models(len(tok), tok.pad_token_id, tok.eos_token_id)
     prompts = _prompts(args.batch * args.steps)
     # every completion has exactly --new tokens: EOS can never be sampled
     suppress = {"suppress_tokens": [tok.eos_token_id], "min_new_tokens": args.new}
@@ -95,7 +112,7 @@ def run_side(args: argparse.Namespace) -> dict:
 
         make(2, "/tmp/trl-onpolicy-warm").train()
         trainer = make(args.steps, "/tmp/trl-onpolicy")
-        before, t0 = _rss_mb(), time.perf_counter()
+        before, t0, c0 = _rss_mb(), time.perf_counter(), time.process_time()
         trainer.train()
     else:
         from distill.api import Distiller
@@ -127,10 +144,11 @@ def run_side(args: argparse.Namespace) -> dict:
         make().fit(loader(2), epochs=1)
         d = make()
         data = loader(args.steps)
-        before, t0 = _rss_mb(), time.perf_counter()
+        before, t0, c0 = _rss_mb(), time.perf_counter(), time.process_time()
         d.fit(data, epochs=1)
-    seconds = time.perf_counter() - t0
-    return {"side": args.side, "s_per_step": seconds / args.steps, "peak_extra_mb": _rss_mb() - before,
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"side": args.side, "s_per_step": seconds / args.steps, "cpu_s_per_step": cpu / args.steps,
+            "peak_extra_mb": _rss_mb() - before,
             "peak_rss_mb": _rss_mb()}
 
 
@@ -142,6 +160,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--new", type=int, default=32, help="new tokens per completion")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--teacher", choices=["tiny", "smollm2"], default="tiny")
+    ap.add_argument("--teacher-path", default=None, help="smollm2: GGUF file or save_pretrained dir")
     args = ap.parse_args()
     if args.side:
         print(json.dumps(run_side(args)))
@@ -150,25 +170,29 @@ def main() -> None:
     for _ in range(args.rounds):
         for side in results:
             cmd = [sys.executable, __file__, "--side", side, "--tokenizer", args.tokenizer, "--steps", str(args.steps),
-                   "--batch", str(args.batch), "--new", str(args.new)]
+                   "--batch", str(args.batch), "--new", str(args.new), "--teacher", args.teacher]
+            cmd += ["--teacher-path", args.teacher_path] if args.teacher_path else []
             out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                                  env={**__import__("os").environ, "TRL_EXPERIMENTAL_SILENCE": "1"})
             results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(side, results[side][-1], flush=True)
     med = {s: statistics.median(r["s_per_step"] for r in rs) for s, rs in results.items()}
+    cpu = {s: statistics.median(r["cpu_s_per_step"] for r in rs) for s, rs in results.items()}
     mem = {s: max(r["peak_rss_mb"] for r in rs) for s, rs in results.items()}
     tokens = args.batch * args.new
     print(f"\n| on-policy step (λ = 1, reverse KL, T 1, {args.batch} × {args.new} new tokens) | median s/step | "
-          "generated tokens/s | speed vs TRL's default | all s/step | peak RSS MB |")
-    print("|---|---|---|---|---|---|")
+          "generated tokens/s | speed vs TRL's default | all s/step | median CPU s/step | speed vs TRL's default "
+          "(CPU time) | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for side, label in (("trl-gc", "TRL `DistillationTrainer.train()`, its default gradient checkpointing"),
                         ("trl", "TRL `DistillationTrainer.train()`, gradient checkpointing off"),
                         ("ours", "`lm_kd` on_policy 1.0, `Distiller.fit`")):
         runs = ", ".join(f"{r['s_per_step']:.2f}" for r in results[side])
         print(f"| {label} | {med[side]:.3f} | {tokens / med[side]:.1f} | {med['trl-gc'] / med[side]:.2f}× | {runs} | "
-              f"{mem[side]:.0f} |")
+              f"{cpu[side]:.3f} | {cpu['trl-gc'] / cpu[side]:.2f}× | {mem[side]:.0f} |")
     Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path("bench/results/trl_onpolicy_speed.json").write_text(json.dumps({"args": vars(args), "runs": results},
+    name = "trl_onpolicy_speed" + ("_smollm2" if args.teacher == "smollm2" else "")
+    Path(f"bench/results/{name}.json").write_text(json.dumps({"args": vars(args), "runs": results},
                                                                         indent=2))
 
 

@@ -7,7 +7,8 @@ advice), one per line. `teacher_answers` formats each with the tokenizer's chat 
 greedily with its own `generate`, and stores prompt and answer token ids in a directory:
 `answers.safetensors` (all sequences concatenated, `offsets`, `prompt_lengths`) and `manifest.json`, written last,
 recording how they were made (teacher identity, prompt-file SHA-256, decoding settings, seed, batch size). Called
-again with the same directory and settings it loads instead of generating; other settings are refused in one line.
+again with the same directory and settings it loads instead of generating; other settings are refused in one line
+(the seed is one of them only when decoding samples: greedy answers do not depend on it).
 """
 
 from __future__ import annotations
@@ -119,8 +120,10 @@ def teacher_answers(
         raise DistillError("no prompts to answer; pass at least one")
     if not 1 <= max_new_tokens <= 4096 or batch_size < 1:
         raise DistillError(f"max_new_tokens={max_new_tokens} must be in [1, 4096] and batch_size={batch_size} >= 1")
-    settings = _settings(model, tokenizer, prompts, max_new_tokens=max_new_tokens, system=system, seed=seed,
+    settings = _settings(model, tokenizer, prompts, max_new_tokens=max_new_tokens, system=system,
                          batch_size=batch_size)
+    if settings["decoding"] != "greedy":  # only sampling draws random numbers: the seed then decides the answers
+        settings["seed"] = seed
     if out is not None and (Path(out) / MANIFEST).is_file() and not rebuild:
         return _load(Path(out), list(prompts), settings)
     ids = [_prompt_ids(tokenizer, p, system) for p in prompts]
@@ -147,7 +150,7 @@ def teacher_answers(
             _generate(model, ids, answers, starts, batch_size, pad, eos, max_new_tokens)
     finally:
         model.train(was_training)
-    result = TeacherAnswers(list(prompts), ids, answers, {**settings, "how": (
+    result = TeacherAnswers(list(prompts), ids, answers, {**settings, "seed": seed, "how": (
         "each prompt formatted with the tokenizer's chat template (add_generation_prompt), answered by the teacher's "
         "own generate() with greedy decoding, cut after its first end-of-sequence token")})
     if out is not None:

@@ -9,41 +9,58 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save, save_file
 from torch import nn
 
 from ..errors import DistillError
 
 
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict on CPU, contiguous; a tensor sharing memory with an earlier one (tied input and output
-    embeddings of a language model) is copied, as safetensors refuses shared tensors. Loading sets both again."""
-    out, seen = {}, set()
+def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict on CPU, contiguous, each tensor stored once, and its aliases. A name whose tensor is the very
+    same view as an earlier name's (tied input and output embeddings of a language model) is not stored again: it
+    is an alias `{name: kept name}` written into the safetensors metadata, the convention of safetensors'
+    `save_model`, and `read_state_dict` sets both names again. A tensor only partly overlapping another one is copied
+    (safetensors refuses shared memory)."""
+    out: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    views: dict[tuple, str] = {}  # (device, storage, offset, shape, stride, dtype) -> the name stored
+    stored: set[int] = set()  # storages of the tensors written
     for k, v in model.state_dict().items():
-        t = v.detach().contiguous().cpu()
+        v = v.detach()
+        view = ((v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride(), v.dtype)
+                if v.numel() else None)
+        if view is not None and view in views:
+            aliases[k] = views[view]
+            continue
+        t = v.contiguous().cpu()
         ptr = t.untyped_storage().data_ptr() if t.numel() else None
-        if ptr is not None and ptr in seen:
+        if ptr is not None and ptr in stored:
             t = t.clone()
-        seen.add(ptr)
+            ptr = t.untyped_storage().data_ptr()
+        if view is not None:
+            views[view] = k
+            stored.add(ptr)
         out[k] = t
-    return out
+    return out, aliases
 
 
 def state_bytes(model: nn.Module) -> bytes:
-    """The model's state dict serialised as safetensors (its on-disk size is `len()` of this)."""
-    return save(_tensors(model))
+    """The model's state dict serialised as safetensors, as `save_weights` writes it (its on-disk size is `len()`)."""
+    tensors, aliases = _tensors(model)
+    return save(tensors, metadata=aliases or None)
 
 
 def save_weights(model: nn.Module, path: str | Path) -> Path:
-    """Atomically write `model.state_dict()` as safetensors: temp file in the same folder, fsync, rename."""
+    """Atomically write `model.state_dict()` as safetensors: temp file in the same folder, fsync, rename. Tied
+    weights are written once (`_tensors`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = _tensors(model)
+    tensors, aliases = _tensors(model)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp)
+        save_file(tensors, tmp, metadata=aliases or None)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -53,6 +70,19 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file plus its aliases: a metadata entry `{name: stored name}` for a name that
+    holds no tensor (tied weights written once, by `save_weights` or safetensors' `save_model`) gives that name the
+    stored tensor. Files with every tensor written out (older artifacts) read as before."""
+    with safe_open(str(path), framework="pt") as fh:
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
+        metadata = fh.metadata() or {}
+    for name, kept in metadata.items():
+        if name not in state and kept in state:
+            state[name] = state[kept]
+    return state
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read weights: `.safetensors` directly; `.pth`/`.pt`/`.bin` with `weights_only=True` only."""
     path = Path(path)
@@ -60,7 +90,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise DistillError(f"weights file {str(path)!r} not found; check the path")
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path))
+            return _read_safetensors(path)
         except (SafetensorError, OSError, ValueError) as exc:
             raise DistillError(f"weights file {str(path)!r} is corrupt or truncated ({exc}); re-create it") from None
     if path.suffix in {".pth", ".pt", ".bin", ".ckpt"}:

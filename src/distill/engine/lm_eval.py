@@ -25,18 +25,32 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _eos_ids(eos: Any) -> set[int]:
+    """End-of-sequence ids from an `eos_token_id` that may be None, an int or a list of ints (generation configs)."""
+    if eos is None:
+        return set()
+    if isinstance(eos, (list, tuple, set)):
+        return {int(e) for e in eos if e is not None}
+    if isinstance(eos, torch.Tensor):
+        return {int(e) for e in eos.flatten().tolist()}
+    return {int(eos)}
+
+
 @torch.inference_mode()
 def greedy_generations(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad: int,
                        tokenizer: Any = None) -> list[Any]:
-    """Greedy continuations of `prompts` (token ids), cut after the first end-of-sequence token: decoded text when
-    a `tokenizer` is given, else the new token ids."""
+    """Greedy continuations of `prompts` (token ids), cut after the first end-of-sequence token (the tokenizer's,
+    else the model's generation config's or config's `eos_token_id`: an int or a list of ids): decoded text when a
+    `tokenizer` is given, else the new token ids."""
     if not prompts:
         return []
     was_training = model.training
     model.eval()
     eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        if eos is None:
+            eos = getattr(source, "eos_token_id", None)
+    eos_ids = _eos_ids(eos)
     try:
         ids, mask = _left_padded(prompts, pad)
         out = model.generate(input_ids=ids.to(_device(model)), attention_mask=mask.to(_device(model)),
@@ -45,8 +59,9 @@ def greedy_generations(model: nn.Module, prompts: Sequence[Sequence[int]], *, ma
         model.train(was_training)
     rows = []
     for row in out[:, ids.shape[1]:].tolist():
-        if isinstance(eos, int) and eos in row:
-            row = row[: row.index(eos) + 1]
+        ends = [i for i, token in enumerate(row) if token in eos_ids]
+        if ends:
+            row = row[: ends[0] + 1]
         rows.append(tokenizer.decode(row, skip_special_tokens=True) if tokenizer is not None else row)
     return rows
 

@@ -33,6 +33,7 @@ supported); `check_vocabulary` also compares tokenizers when given.
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -84,6 +85,14 @@ def check_vocabulary(student: Any, teacher: Any, *, student_tokenizer: Any = Non
             differ = sorted(set(sv.items()) ^ set(tv.items()), key=str)[:3]
             raise DistillError(f"student and teacher tokenizers differ ({len(sv)} vs {len(tv)} tokens; e.g. "
                                f"{differ}): cross-tokenizer distillation is not supported")
+
+
+def _takes_position_ids(model: Any) -> bool:
+    """Does `model.forward` name a `position_ids` parameter (every HF causal LM does)?"""
+    try:
+        return "position_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
 
 
 def _base_and_head(model: Any) -> tuple[nn.Module, nn.Module] | None:
@@ -261,12 +270,19 @@ class LMKD(Method):
         new_labels = new.masked_fill(~alive, IGNORE_INDEX)
         self.generation_log.append({"by": who, "step": update, "micro": micro, "seed": seed,
                                     "rows": int(ids.shape[0]), "new_tokens": int(alive.sum())})
-        return {
+        attention_mask = torch.cat([prompt_mask, alive.long()], 1)
+        out = {
             **{k: batch[k] for k in ("index", "view") if k in batch},
             "input_ids": torch.cat([prompts, new], 1),
-            "attention_mask": torch.cat([prompt_mask, alive.long()], 1),
+            "attention_mask": attention_mask,
             "labels": torch.cat([torch.full_like(prompts, IGNORE_INDEX), new_labels], 1),
         }
+        # Left-padded rows: each real token's position counts from the row's first real token, as `generate` numbered
+        # them. Models with absolute position embeddings (GPT-2) need them given; RoPE models are shift-invariant.
+        teacher_model = getattr(self.teacher, "model", None)
+        if all(_takes_position_ids(m) for m in (self.student, teacher_model) if m is not None):
+            out["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        return out
 
 
 def _key(seed: int, step: tuple[int, int]) -> str:

@@ -18,6 +18,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,15 +71,27 @@ class SentenceEncoder(nn.Module):
         return EncoderOutput(logits, embedding, out.hidden_states if output_hidden_states else None)
 
 
-_LOADED: dict[str, nn.Module] = {}  # directory -> the encoder as loaded; callers get copies (a run builds several)
+# (directory, its files' names, sizes and modification times) -> the encoder as loaded; callers get copies (a run
+# builds several). Keyed by the files, not the path: a directory rewritten in place (save_pretrained again) is re-read.
+_LOADED: dict[tuple[Any, ...], nn.Module] = {}
+
+
+def _file_key(directory: Path) -> tuple[Any, ...]:
+    """What determines the model `from_pretrained` reads: the resolved directory and the identity (name, size,
+    mtime) of each file in it (config, weights, tokenizer files)."""
+    files = sorted(f for f in directory.iterdir() if f.is_file())
+    return (str(directory.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
 
 def load_encoder(path: str | None, layers: Sequence[int] | None = None) -> nn.Module:
     """`AutoModel.from_pretrained(dir, local_files_only=True)`, optionally cut to a layer subset. A directory is read
-    once per process (teacher, student and per-seed students are copies of that one load)."""
+    once per process while its files stay the same (teacher, student and per-seed students are copies of that one
+    load); the layer subset is cut from the copy."""
     directory = local_model_dir(path)
-    key = str(directory.resolve())
+    key = _file_key(directory)
     if key not in _LOADED:
+        for old in [k for k in _LOADED if k[0] == key[0]]:  # the directory's earlier contents: never served again
+            del _LOADED[old]
         _LOADED[key] = _from_pretrained(directory)
     encoder = copy.deepcopy(_LOADED[key])
     return layer_subset_student(encoder, layers) if layers is not None else encoder
