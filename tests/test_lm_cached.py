@@ -256,3 +256,51 @@ def test_default_mask_leaves_out_each_sequences_last_position(tmp_path) -> None:
         spoiled[n, len(seq) - 1] = torch.randn(logits.shape[-1]) * 10
     assert cache.loss(spoiled, batch).item() == pytest.approx(cache.loss(logits, batch).item(), abs=1e-6)
     assert LMLogitCache(tmp_path / "t").batch([0])["mask"].sum() == len(seqs[0]) - 1
+
+
+def test_the_python_api_trains_from_a_cache_source(tmp_path) -> None:
+    """`Distiller(LMCacheSource(path), student, method="lm_cached")`: the API's path to the same method; the student
+    moves towards the teacher on the cached text without the teacher being given at all."""
+    from lm_fixtures import WordTokenizer, tiny_llama, token_sequences
+
+    from distill import Distiller
+
+    teacher, student = tiny_llama(seed=0, layers=2), tiny_llama(seed=3, layers=1)
+    with torch.no_grad():  # a peaked teacher: far from the near-uniform fresh student
+        teacher.get_output_embeddings().weight.mul_(30)
+    seqs = token_sequences(8, seed=2)
+    build_lm_cache(teacher, seqs, tmp_path / "c", identity=teacher_identity(teacher, WordTokenizer()), k=16)
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(seqs)
+
+        def __getitem__(self, i: int) -> dict:
+            return {"input_ids": torch.tensor(seqs[i]), "index": torch.tensor(i)}
+
+    def collate(items: list[dict]) -> dict:
+        width = max(len(it["input_ids"]) for it in items)
+        pad = torch.nn.functional.pad
+        return {"input_ids": torch.stack([pad(it["input_ids"], (0, width - len(it["input_ids"]))) for it in items]),
+                "attention_mask": torch.stack([pad(torch.ones_like(it["input_ids"]), (0, width - len(it["input_ids"])))
+                                               for it in items]),
+                "index": torch.stack([it["index"] for it in items])}
+
+    loader = torch.utils.data.DataLoader(Rows(), batch_size=4, shuffle=True, collate_fn=collate,
+                                         generator=torch.Generator().manual_seed(0))
+    source = LMCacheSource(tmp_path / "c", expect=teacher_identity(teacher, WordTokenizer()))
+
+    def kl_to_teacher() -> float:
+        batch = collate([Rows()[i] for i in range(len(seqs))])
+        with torch.no_grad():
+            t = torch.log_softmax(teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
+            s = torch.log_softmax(student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
+        mask = batch["attention_mask"].bool()
+        return float((t.exp() * (t - s)).sum(-1)[mask].mean())
+
+    before = kl_to_teacher()
+    d = Distiller(source, student, method="lm_cached", temperature=1.0, alpha=1.0, lr=1e-2, progress=False)
+    d.fit(loader, epochs=8)
+    assert d.method.teacher is source
+    after = kl_to_teacher()
+    assert after < 0.8 * before, (before, after)

@@ -89,6 +89,7 @@ def held_out_fidelity(teacher: torch.nn.Module, sequences: Sequence[torch.Tensor
     finally:
         teacher.train(was_training)
     out = {key: float(fid[key]) for key in FIDELITY_KEYS if key in fid}
+    out["positions"] = int(fid["positions"])
     out["sequences"] = len(sequences)
     return out
 
