@@ -109,10 +109,13 @@ def test_topk_cache_and_its_rebuild(tiny_teacher_dir, answers_dir, tmp_path, cap
     (["--storage", "dense"], "an LLM logit cache is topk or sampled"),
     (["--storage", "topk", "--temperature", "2"], "a top-k cache stores the teacher at T = 1"),
     (["--temperature", "0"], "must be > 0"),
-], ids=["k-zero", "k-past-vocab", "dense", "topk-tempered", "temperature"])
+    (["--set", "teacher.name=causal-lm-student", "--set", "teacher.kwargs={teacher_path: TEACHER, hidden_size: 8, "
+      "num_layers: 1, num_heads: 2, num_kv_heads: 1, intermediate_size: 16}"], "needs a trained teacher"),
+], ids=["k-zero", "k-past-vocab", "dense", "topk-tempered", "temperature", "untrained-teacher"])
 def test_bad_cache_settings_are_one_line_exit_2_and_write_nothing(tiny_teacher_dir, answers_dir, tmp_path, capsys,  # noqa: F811
                                                                   args, message) -> None:
     path = _cached_recipe(tmp_path, tiny_teacher_dir, answers_dir)
+    args = [a.replace("TEACHER", str(tiny_teacher_dir)) for a in args]
     code, _, err = run_cli(["cache", str(path), "--no-progress", *args], capsys)
     assert code == 2 and message in err.strip().splitlines()[-1], err
     assert not (tmp_path / "cache").exists() and not list(tmp_path.glob(".cache.*"))

@@ -50,6 +50,7 @@ from .engine.evaluate import (
 from .engine.lm_eval import greedy_generations, lm_speed
 from .errors import DistillError, DistillWarning
 from .methods import METHODS, build_method
+from .models.pretrained import is_pretrained
 from .registry import Registry
 from .teachers import CachedTeacher
 from .teachers.cache_build import build_cache, cache_keys
@@ -336,6 +337,7 @@ class CausalLM(TaskKind):
     def build_cache(self, teacher, data, recipe, path, settings, *, rebuild=False, progress=False):  # noqa: ANN001, ANN201
         """The logit cache over the training split's token sequences (`build_lm_cache_dir`), its fidelity measured
         on the validation split at the positions whose next token is a target (the answer tokens)."""
+        _check_trained(teacher, recipe, "distill cache")
         train = sequences_of(data.train)
         held_out = sequences_of(data.val)
         notes = {"recipe": recipe.name, "data": recipe.data.name, "split": "train",
@@ -378,6 +380,7 @@ class CausalLM(TaskKind):
             raise DistillError(f"distill.cache on a causal_lm recipe is an LLM logit cache (sparse next-token "
                                f"entries), which method {method!r} cannot learn from; use distill.method: lm_cached, "
                                "or remove distill.cache to run the teacher live")
+        _check_trained(teacher, recipe, "distill.cache")
         source = LMCacheSource(recipe.distill.cache,
                                expect=teacher_identity(teacher, getattr(teacher, "distill_tokenizer", None)))
         source.check_sequences(sequences_of(data.train))
@@ -421,6 +424,13 @@ class CausalLM(TaskKind):
                                  "new_tokens": o.speed_new_tokens, "runs": o.speed_runs, "warmup": 1,
                                  "latency_runs": o.speed_runs, "throughput_batch": o.speed_batch}
         return out
+
+
+def _check_trained(teacher: nn.Module, recipe: Recipe, what: str) -> None:
+    """A logit cache is of the teacher as loaded: one the run would train first (no weights, not pretrained) is not it."""
+    if recipe.teacher.weights is None and not is_pretrained(teacher):
+        raise DistillError(f"{what} needs a trained teacher, and this recipe trains its own: use a pretrained causal LM "
+                           "(hf-causal-lm, smollm2-135m) or set teacher.weights")
 
 
 def _prompts_of(ds: Any) -> list[tuple[list[int], list[int]]]:
