@@ -140,9 +140,11 @@ class TaskKind:
         """`distill cache` options with this kind's defaults, checked before any data or model is loaded. Default:
         `dense` or `topk` (k classes, default 5) views of class log-probabilities; `temperature`: the T of the
         reported fidelity (default the recipe's)."""
+        if recipe.teacher.weights is None:
+            raise DistillError("distill cache needs a trained teacher: set teacher.weights (e.g. --set teacher.weights=PATH)")
         storage = storage or "dense"
         if storage not in ("dense", "topk"):
-            raise DistillError(f"a classifier's teacher cache is dense or topk (--storage), not {storage!r}")
+            raise DistillError(f"cache storage must be 'dense' or 'topk' for a {recipe.task} recipe (--storage), got {storage!r}")
         if temperature is not None and not temperature > 0:
             raise DistillError(f"--temperature {temperature} must be > 0")
         recipe_t = 1.0 if recipe.distill.temperature == "auto" else recipe.distill.temperature
@@ -151,8 +153,6 @@ class TaskKind:
     def build_cache(self, teacher: nn.Module, data: DataBundle, recipe: Recipe, path: Path, settings: dict[str, Any],
                     *, rebuild: bool = False, progress: bool = False) -> dict[str, Any]:
         """Build (or find up to date) the cache at `path`; returns its manifest with `up_to_date`."""
-        if recipe.teacher.weights is None:
-            raise DistillError("distill cache needs a trained teacher: set teacher.weights (e.g. --set teacher.weights=PATH)")
         return build_cache(
             teacher, data.train, path, augment=recipe.augment, seed=recipe.seed, storage=settings["storage"],
             topk=settings["topk"], batch_size=recipe.data.eval_batch_size, precision=recipe.distill.teacher_precision,
