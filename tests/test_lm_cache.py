@@ -58,7 +58,9 @@ def test_topk_round_trip(tmp_path, teacher, identity) -> None:
     masks = [[j % 2 == 0 for j in range(len(q))] for q in seqs]
     batch = cache.batch([3, 0], masks)
     assert batch["input_ids"].shape == (2, max(len(seqs[3]), len(seqs[0]))) and batch["logprobs"].shape[-1] == 8
-    assert batch["mask"][0, : len(seqs[3])].tolist() == masks[3] and not batch["mask"][1, len(seqs[0]):].any()
+    # the given mask, but never a sequence's last position (it predicts past the end)
+    assert batch["mask"][0, : len(seqs[3])].tolist() == masks[3][:-1] + [False]
+    assert not batch["mask"][1, len(seqs[0]) - 1:].any()
     assert batch["attention_mask"][1].sum() == len(seqs[0])
     with pytest.raises(DistillError, match="mask for cached sequence"):
         cache.batch([0], [[True]] * 5)

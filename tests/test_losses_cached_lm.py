@@ -84,7 +84,40 @@ def test_topk_kl_mask_and_gradient_scale() -> None:
     changed[~mask] = 100.0
     assert topk_kl_loss(changed, top, ids, rest, mask=mask).item() == pytest.approx(loss.item(), rel=1e-9)
     kept = topk_kl_loss(s.detach()[mask], top[mask], ids[mask], rest[mask])
-    assert kept.item() == pytest.approx(loss.item(), rel=1e-9)  # averaged over kept positions only
+    assert kept.item() == pytest.approx(loss.item(), rel=1e-6)  # averaged over kept positions only (float32 math)
+
+
+@pytest.mark.parametrize("peaked", [2, 4], ids=["few-peaked-rows", "mostly-peaked"])
+def test_topk_kl_student_leftover_both_ways(peaked: int) -> None:
+    """The student's leftover mass is 1 - (top-k mass) where that is > FAST_REST and the exact logsumexp of the other
+    logits elsewhere (a peaked student; on those rows only, or on all when most are): both against numpy, with
+    gradients equal to the exact formula's."""
+    from distill.losses.cached_lm import FAST_REST
+
+    rng = np.random.default_rng(5)
+    teacher = rng.normal(size=(6, V)) * 2
+    top, ids, rest = _topk(teacher, K)
+    student = rng.normal(size=(6, V))
+    student[np.arange(peaked), ids[:peaked, 0]] = [6.0, 10.0, 15.0, 9.0][:peaked]  # leftover ~1e-2 .. 1e-6
+    q = np.exp(_np_log_softmax(student))
+    left = 1 - np.take_along_axis(q, ids, -1).sum(-1)
+    assert (left[:peaked] < FAST_REST).all() and (left[peaked:] > FAST_REST).all()  # both paths are taken
+    want = _np_coarse_kl(student, top, ids, rest, 1.0)
+    s = torch.tensor(student, dtype=torch.float32, requires_grad=True)
+    got = topk_kl_loss(s, torch.tensor(top), torch.tensor(ids), torch.tensor(rest))
+    assert got.item() == pytest.approx(want.mean(), rel=1e-5)
+    got.backward()
+    # the exact formula in float64 (the tail's logsumexp for every row)
+    z = torch.tensor(student, requires_grad=True)
+    lse = z.logsumexp(-1)
+    log_q = z.gather(-1, torch.tensor(ids)) - lse.unsqueeze(-1)
+    log_rs = z.scatter(-1, torch.tensor(ids), float("-inf")).logsumexp(-1) - lse
+    p, r = np.exp(top), torch.tensor(rest)
+    ref = ((torch.tensor(p) * (torch.tensor(top) - log_q)).sum(-1) + r * (r.log() - log_rs)).mean()
+    ref.backward()
+    assert ref.item() == pytest.approx(want.mean(), rel=1e-8)
+    torch.testing.assert_close(s.grad.double(), z.grad, atol=1e-6, rtol=1e-4)
+    assert torch.isfinite(s.grad).all()
 
 
 def _np_weighted_ce(student: np.ndarray, sids: np.ndarray, w: np.ndarray, t: float) -> float:

@@ -287,7 +287,7 @@ def test_born_again_chain_teaches_each_generation_with_the_previous_student(tmp_
 READS = {"kd": {"temperature", "alpha"}, "ensemble": {"temperature", "alpha"}, "born_again": {"temperature", "alpha"},
          "dkd": {"temperature"}, "fitnet": {"temperature"}, "attention": {"temperature"}, "rkd": {"temperature"},
          "pkt": {"temperature"}, "crd": {"temperature"}, "cosine": {"temperature"}, "scratch": set(),
-         "lm_kd": {"temperature", "alpha"}, "embedding": {"temperature"}, "distilbert": {"temperature"}}
+         "lm_kd": {"temperature", "alpha"}, "lm_cached": {"temperature", "alpha"}, "embedding": {"temperature"}, "distilbert": {"temperature"}}
 
 
 def test_every_method_declares_the_keys_it_reads() -> None:

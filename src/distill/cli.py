@@ -107,25 +107,34 @@ def run(
 
 @app.command()
 def cache(
-    recipe: Path = typer.Argument(..., help="YAML recipe with teacher.weights set."),
+    recipe: Path = typer.Argument(..., help="A YAML recipe (a classifier's with teacher.weights set, or a causal_lm one)."),
     out: Optional[Path] = typer.Option(None, help="Cache directory (default distill.cache, else caches/<name>)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set augment.views=8"),
-    storage: str = typer.Option("dense", help="dense (float16 log-probs) or topk (values + indices + rest mass)."),
-    topk: int = typer.Option(5, help="Classes kept per view with --storage topk."),
+    storage: Optional[str] = typer.Option(
+        None, "--storage", "--form",
+        help="Classifier: dense (default; float16 log-probs) or topk. Causal LM: sampled (default; K teacher draws "
+             "with importance weights) or topk (k log-probs + ids + leftover mass)."),
+    topk: Optional[int] = typer.Option(
+        None, "--topk", "--k", "-k", help="Classifier topk: classes kept per view (5). Causal LM: k ids (topk) or draws "
+                                          "(sampled) per position (64)."),
+    temperature: Optional[float] = typer.Option(
+        None, help="Causal LM sampled: the T the draws are made at (default distill.temperature; training must use "
+                   "it). Classifier: the T of the reported fidelity."),
     rebuild: bool = typer.Option(False, help="Replace a stale, partial or mismatched cache."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Run the teacher once over augment.views views of the training data and store its outputs."""
+    """Run the teacher once over the training data and store its outputs: a classifier's augment.views views, or a
+    causal LM's top-k / sampled next-token logit cache (with bytes/token and fidelity on the validation split)."""
     from .recipe import load_recipe
+    from .task_kinds import task_kind
     from .tasks import build_recipe_cache
 
     started = time.perf_counter()
-    path, m = build_recipe_cache(load_recipe(recipe, set_), out, storage=storage, topk=topk, rebuild=rebuild)
-    f = m["fidelity"]
-    state = "up to date" if m["up_to_date"] else f"built in {time.perf_counter() - started:.1f} s"
-    console.print(f"cache {path}: {state}; {m['num_examples']} examples x {m['views']} views, {m['storage']}, "
-                  f"{m['bytes_per_example']:.0f} bytes/example")
-    console.print(f"fidelity on {f['sample']} views: KL(live||cached) {f['kl_T1']:.2e} at T=1, {f['kl_T']:.2e} at "
-                  f"T={f['temperature']:g}; top-1 agreement {100 * f['top1_agreement']:.2f}%")
+    r = load_recipe(recipe, set_)
+    path, m = build_recipe_cache(r, out, storage=storage, k=topk, temperature=temperature, rebuild=rebuild,
+                                 progress=progress)
+    for line in task_kind(r).cache_lines(path, m, time.perf_counter() - started):
+        console.print(line)
 
 
 @app.command()

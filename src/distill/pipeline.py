@@ -39,8 +39,7 @@ from .report import render
 from .run_dir import make_run_dir, open_for_resume, write_status
 from .seeds import combine, fresh_student, student_seeds, tag
 from .task_kinds import data_loader, example_batch, task_kind
-from .teachers import CachedTeacher, LiveTeacher, freeze
-from .teachers.cache_build import cache_keys
+from .teachers import LiveTeacher, freeze
 
 
 @dataclass
@@ -52,11 +51,14 @@ class Prepared:
     teacher: nn.Module
     student_init: nn.Module  # the student's initial weights, shared by the scratch and distilled phases
     extra_teachers: list[nn.Module] = field(default_factory=list)  # further teachers a method asks for (ensemble)
-    cache: CachedTeacher | None = None  # distill.cache, checked against this teacher, data and augmentation
+    # distill.cache as the task kind opens it (a classifier's CachedTeacher, a causal LM's LMCacheSource), checked
+    # against this teacher and data
+    cache: Any = None
 
 
-def prepare(recipe: Recipe) -> Prepared:
-    """Load data and build models; check shapes and class counts on one example batch. Raises `DistillError`."""
+def prepare(recipe: Recipe, *, open_cache: bool = True) -> Prepared:
+    """Load data and build models; check shapes and class counts on one example batch. Raises `DistillError`.
+    `open_cache=False`: leave `distill.cache` unopened (`distill cache` is about to build it)."""
     kind = task_kind(recipe)  # an unknown task or bad task_options fails before any data or model is loaded
     set_seed(recipe.seed)
     data = load_data(
@@ -105,20 +107,7 @@ def prepare(recipe: Recipe) -> Prepared:
         )
     method_cls.check(student, teacher, batch, recipe.distill.options, extra=extra)  # e.g. layer paths and pairing, before any write
     variants.check(recipe, teacher, student, batch)  # compress.variants: packages, input type, weight layers
-    return Prepared(recipe, data, teacher, student, extra, _open_cache(recipe, data, teacher))
-
-
-def _open_cache(recipe: Recipe, data: DataBundle, teacher: nn.Module) -> CachedTeacher | None:
-    """The recipe's teacher cache, refused (DistillError) unless built for this teacher, data and augmentation."""
-    if recipe.distill.cache is None:
-        return None
-    if recipe.teacher.weights is None:
-        raise DistillError("distill.cache needs a trained teacher: set teacher.weights to the weights the cache was built with")
-    keys = cache_keys(teacher, data.train, recipe.augment, recipe.seed, recipe.distill.teacher_precision)
-    cache = CachedTeacher(recipe.distill.cache, expect=keys)
-    if cache.num_classes != data.num_classes:
-        raise DistillError(f"teacher cache has {cache.num_classes} classes but the data has {data.num_classes}; rebuild it")
-    return cache
+    return Prepared(recipe, data, teacher, student, extra, kind.open_cache(recipe, data, teacher) if open_cache else None)
 
 
 def _accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
@@ -268,7 +257,7 @@ def _train_and_evaluate(p: Prepared, run_dir: Path, progress: bool, resume: bool
 
 
 
-def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) -> CachedTeacher | LiveTeacher:
+def _source(p: Prepared, teacher: nn.Module, run_dir: Path, acc: Accelerator) -> Any:
     """The distilled phase's teacher: the cache when the recipe names one (no teacher forward), else live. The live
     teacher's execution choice is kept in the run directory, so `--resume` replays the same arithmetic (main process;
     under several processes the others choose for themselves, as they did before the resume)."""

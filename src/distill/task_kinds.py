@@ -14,7 +14,9 @@ and evaluates them (orchestration layer). `pipeline.py` calls the hooks of `TASK
 
 Hooks (each gets what it needs; none reads another module's private state):
 `Options` (pydantic model of `task_options`), `check_outputs`, `diagnostics`, `validation`, `train_alone`,
-`evaluate`.
+`evaluate`, and the offline teacher cache: `cache_settings` / `build_cache` / `cache_lines` (`distill cache RECIPE`:
+a classifier's views, a causal LM's top-k or sampled logit cache) and `open_cache` (`distill.cache` as the
+distilled phase's teacher source).
 """
 
 from __future__ import annotations
@@ -47,8 +49,13 @@ from .engine.evaluate import (
 )
 from .engine.lm_eval import greedy_generations, lm_speed
 from .errors import DistillError, DistillWarning
-from .methods import build_method
+from .methods import METHODS, build_method
+from .models.pretrained import is_pretrained
 from .registry import Registry
+from .teachers import CachedTeacher
+from .teachers.cache_build import build_cache, cache_keys
+from .teachers.lm_cache import LMCacheSource, sequences_of, teacher_identity
+from .teachers.lm_cache_build import build_lm_cache_dir, check_lm_cache_settings, target_masks
 
 TASK_KINDS: Registry = Registry("task kind")
 register_task_kind = TASK_KINDS.register
@@ -126,6 +133,57 @@ class TaskKind:
         scratch = build_method("scratch", copy.deepcopy(init), None)
         summary = train_and_save("scratch", scratch)
         return unwrap(scratch).student, summary
+
+    # -- the offline teacher cache (`distill cache RECIPE`, `distill.cache`) ----------------------------------------
+    def cache_settings(self, recipe: Recipe, *, storage: str | None = None, k: int | None = None,
+                       temperature: float | None = None) -> dict[str, Any]:
+        """`distill cache` options with this kind's defaults, checked before any data or model is loaded. Default:
+        `dense` or `topk` (k classes, default 5) views of class log-probabilities; `temperature`: the T of the
+        reported fidelity (default the recipe's)."""
+        if recipe.teacher.weights is None:
+            raise DistillError("distill cache needs a trained teacher: set teacher.weights (e.g. --set teacher.weights=PATH)")
+        storage = storage or "dense"
+        if storage not in ("dense", "topk"):
+            raise DistillError(f"cache storage must be 'dense' or 'topk' for a {recipe.task} recipe (--storage), got {storage!r}")
+        if temperature is not None and not temperature > 0:
+            raise DistillError(f"--temperature {temperature} must be > 0")
+        recipe_t = 1.0 if recipe.distill.temperature == "auto" else recipe.distill.temperature
+        return {"storage": storage, "topk": 5 if k is None else k, "temperature": temperature or recipe_t}
+
+    def build_cache(self, teacher: nn.Module, data: DataBundle, recipe: Recipe, path: Path, settings: dict[str, Any],
+                    *, rebuild: bool = False, progress: bool = False) -> dict[str, Any]:
+        """Build (or find up to date) the cache at `path`; returns its manifest with `up_to_date`."""
+        return build_cache(
+            teacher, data.train, path, augment=recipe.augment, seed=recipe.seed, storage=settings["storage"],
+            topk=settings["topk"], batch_size=recipe.data.eval_batch_size, precision=recipe.distill.teacher_precision,
+            temperature=settings["temperature"], rebuild=rebuild, workers=recipe.data.num_workers,
+        )
+
+    def cache_lines(self, path: Path, m: dict[str, Any], seconds: float) -> list[str]:
+        """What `distill cache` prints about a built (or up-to-date) cache."""
+        f = m["fidelity"]
+        state = "up to date" if m["up_to_date"] else f"built in {seconds:.1f} s"
+        return [f"cache {path}: {state}; {m['num_examples']} examples x {m['views']} views, {m['storage']}, "
+                f"{m['bytes_per_example']:.0f} bytes/example",
+                f"fidelity on {f['sample']} views: KL(live||cached) {f['kl_T1']:.2e} at T=1, {f['kl_T']:.2e} at "
+                f"T={f['temperature']:g}; top-1 agreement {100 * f['top1_agreement']:.2f}%"]
+
+    def open_cache(self, recipe: Recipe, data: DataBundle, teacher: nn.Module) -> Any:
+        """The recipe's `distill.cache` as the distilled phase's teacher source (None without one), refused in one
+        line unless built for this teacher, data and augmentation. Default: a classifier cache (`CachedTeacher`)."""
+        reads = METHODS.get(recipe.distill.method).teacher_outputs
+        if reads != "logits":
+            raise DistillError(f"method {recipe.distill.method!r} learns from an LLM logit cache, which needs task: "
+                               f"causal_lm (this recipe has task: {recipe.task})")
+        if recipe.distill.cache is None:
+            return None
+        if recipe.teacher.weights is None:
+            raise DistillError("distill.cache needs a trained teacher: set teacher.weights to the weights the cache was built with")
+        keys = cache_keys(teacher, data.train, recipe.augment, recipe.seed, recipe.distill.teacher_precision)
+        cache = CachedTeacher(recipe.distill.cache, expect=keys)
+        if cache.num_classes != data.num_classes:
+            raise DistillError(f"teacher cache has {cache.num_classes} classes but the data has {data.num_classes}; rebuild it")
+        return cache
 
     # -- evaluation ------------------------------------------------------------------------------------------------
     def scores(self, models: dict[str, nn.Module], preds: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -263,6 +321,76 @@ class CausalLM(TaskKind):
     def diagnostics(self, teacher: nn.Module, recipe: Recipe, data: DataBundle, acc: Any) -> dict[str, Any]:
         return _fixed_temperature(recipe)  # per-token distributions: the class-count diagnostics do not apply
 
+    # -- the LLM logit cache ---------------------------------------------------------------------------------------
+    def cache_settings(self, recipe: Recipe, *, storage: str | None = None, k: int | None = None,
+                       temperature: float | None = None) -> dict[str, Any]:
+        """`sampled` (default: k = 64 teacher draws per position at T = the recipe's temperature, the unbiased
+        form) or `topk` (the k = 64 largest log-probabilities at T = 1 plus the leftover mass)."""
+        form = storage or "sampled"
+        k = 64 if k is None else k
+        if temperature is None:
+            recipe_t = 1.0 if recipe.distill.temperature == "auto" else float(recipe.distill.temperature)
+            temperature = recipe_t if form == "sampled" else 1.0
+        check_lm_cache_settings(form, k, temperature)
+        return {"form": form, "k": k, "temperature": float(temperature)}
+
+    def build_cache(self, teacher, data, recipe, path, settings, *, rebuild=False, progress=False):  # noqa: ANN001, ANN201
+        """The logit cache over the training split's token sequences (`build_lm_cache_dir`), its fidelity measured
+        on the validation split at the positions whose next token is a target (the answer tokens)."""
+        _check_trained(teacher, recipe, "distill cache")
+        train = sequences_of(data.train)
+        held_out = sequences_of(data.val)
+        notes = {"recipe": recipe.name, "data": recipe.data.name, "split": "train",
+                 "held_out": f"validation split ({len(held_out)} sequences), positions predicting a target token"}
+        return build_lm_cache_dir(
+            teacher, train, path, tokenizer=getattr(teacher, "distill_tokenizer", None), form=settings["form"],
+            k=settings["k"], temperature=settings["temperature"], seed=recipe.seed,
+            batch_size=recipe.data.eval_batch_size, held_out=held_out, held_out_masks=target_masks(data.val, held_out),
+            rebuild=rebuild, notes=notes, progress=progress)
+
+    def cache_lines(self, path: Path, m: dict[str, Any], seconds: float) -> list[str]:
+        state = "up to date" if m["up_to_date"] else f"built in {seconds:.1f} s"
+        width = f"top-{m['k']}" if m["form"] == "topk" else f"sampled, K = {m['samples']} at T = {m['temperature']:g}"
+        lines = [f"cache {path}: {state}; {m['num_sequences']} sequences, {m['num_tokens']} tokens, {width}; "
+                 f"{m['bytes_per_token']:.1f} bytes/token ({m['bytes_per_token_with_tokens']:.1f} with the token ids), "
+                 f"{m['file']['bytes'] / 2**20:.2f} MiB"]
+        if m["form"] == "topk":
+            lines.append(f"mean leftover mass (outside the top {m['k']}): {100 * m['mean_rest']:.2f}% of the probability")
+        f = m.get("fidelity")
+        if f:
+            kl = (f"KL(live || top-k + uniform tail) {f['kl_uniform_tail']:.4f}, leftover {100 * f['rest']:.2f}%"
+                  if m["form"] == "topk" else f"KL estimate bias {f['kl_gap']:+.4f} (live KL 0)")
+            lines.append(f"fidelity on {f['positions']} held-out target positions ({f['sequences']} validation "
+                         f"sequences): NLL gap cached - live {f['ce_gap']:+.4f} nats (live NLL {f['ce_live']:.3f}, "
+                         f"mean |error| {f['ce_abs_error']:.3f}); {kl}")
+        return lines
+
+    def open_cache(self, recipe: Recipe, data: DataBundle, teacher: nn.Module) -> LMCacheSource | None:
+        """The recipe's LLM logit cache (`distill.cache`) as an `LMCacheSource`, for methods that read one
+        (`Method.teacher_outputs == "lm-cache"`: `lm_cached`); refused in one line when built with another teacher
+        or tokenizer, over other data, or (sampled) at another temperature than the recipe's."""
+        method = recipe.distill.method
+        reads = METHODS.get(method).teacher_outputs
+        if recipe.distill.cache is None:
+            if reads == "lm-cache":
+                raise DistillError(f"method {method!r} learns from an LLM logit cache: set distill.cache to a directory "
+                                   "built by `distill cache RECIPE` (e.g. --set distill.cache=caches/NAME)")
+            return None
+        if reads != "lm-cache":
+            raise DistillError(f"distill.cache on a causal_lm recipe is an LLM logit cache (sparse next-token "
+                               f"entries), which method {method!r} cannot learn from; use distill.method: lm_cached, "
+                               "or remove distill.cache to run the teacher live")
+        _check_trained(teacher, recipe, "distill.cache")
+        source = LMCacheSource(recipe.distill.cache,
+                               expect=teacher_identity(teacher, getattr(teacher, "distill_tokenizer", None)))
+        source.check_sequences(sequences_of(data.train))
+        recipe_t = 1.0 if recipe.distill.temperature == "auto" else float(recipe.distill.temperature)
+        if source.form == "sampled" and source.temperature != recipe_t:
+            raise DistillError(f"logit cache {recipe.distill.cache!r} was sampled at T = {source.temperature:g} but the "
+                               f"recipe trains at distill.temperature {recipe_t:g}; rebuild it with --temperature "
+                               f"{recipe_t:g} or set distill.temperature={source.temperature:g}")
+        return source
+
     def evaluate(self, models: dict[str, nn.Module], data: DataBundle, recipe: Recipe, device: torch.device,
                  run_dir: Path | None = None) -> dict[str, Any]:
         r, o = recipe, self.options
@@ -296,6 +424,13 @@ class CausalLM(TaskKind):
                                  "new_tokens": o.speed_new_tokens, "runs": o.speed_runs, "warmup": 1,
                                  "latency_runs": o.speed_runs, "throughput_batch": o.speed_batch}
         return out
+
+
+def _check_trained(teacher: nn.Module, recipe: Recipe, what: str) -> None:
+    """A logit cache is of the teacher as loaded: one the run would train first (no weights, not pretrained) is not it."""
+    if recipe.teacher.weights is None and not is_pretrained(teacher):
+        raise DistillError(f"{what} needs a trained teacher, and this recipe trains its own: use a pretrained causal LM "
+                           "(hf-causal-lm, smollm2-135m) or set teacher.weights")
 
 
 def _prompts_of(ds: Any) -> list[tuple[list[int], list[int]]]:

@@ -13,7 +13,6 @@ from .models.pretrained import is_pretrained
 from .pairing import Pair, propose_pairs
 from .pipeline import example_batch, prepare
 from .task_kinds import task_kind
-from .teachers.cache_build import build_cache
 
 
 def pairing_for_recipe(recipe: Any) -> tuple[str, list[Pair]]:
@@ -31,21 +30,18 @@ def pairing_for_recipe(recipe: Any) -> tuple[str, list[Pair]]:
 
 
 def build_recipe_cache(
-    recipe: Any, out: str | Path | None = None, *, storage: str = "dense", topk: int = 5, rebuild: bool = False
+    recipe: Any, out: str | Path | None = None, *, storage: str | None = None, k: int | None = None,
+    temperature: float | None = None, rebuild: bool = False, progress: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """`distill cache RECIPE`: load the recipe's data and trained teacher, then `build_cache`. Returns (path, manifest).
-    The output defaults to `distill.cache`, else `caches/<recipe name>`."""
-    if recipe.teacher.weights is None:
-        raise DistillError("distill cache needs a trained teacher: set teacher.weights (e.g. --set teacher.weights=PATH)")
+    """`distill cache RECIPE`: load the recipe's data and teacher, then build the cache its task kind keeps
+    (`TaskKind.build_cache`: a classifier's `dense`/`topk` views, a causal LM's `topk`/`sampled` logit cache).
+    `storage`, `k`, `temperature`: None = the kind's defaults. Returns (path, manifest). The output defaults to
+    `distill.cache`, else `caches/<recipe name>`."""
+    kind = task_kind(recipe)
+    settings = kind.cache_settings(recipe, storage=storage, k=k, temperature=temperature)  # before anything loads
     path = Path(out or recipe.distill.cache or Path("caches") / recipe.name)
-    unchecked = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"cache": None})})
-    p = prepare(unchecked)  # every user error (data, models, weights) surfaces before anything is written
-    manifest = build_cache(
-        p.teacher, p.data.train, path, augment=recipe.augment, seed=recipe.seed, storage=storage, topk=topk,
-        batch_size=recipe.data.eval_batch_size, precision=recipe.distill.teacher_precision,
-        temperature=1.0 if recipe.distill.temperature == "auto" else recipe.distill.temperature,  # fidelity's T
-        rebuild=rebuild, workers=recipe.data.num_workers,
-    )
+    p = prepare(recipe, open_cache=False)  # every user error (data, models, weights) surfaces before anything is written
+    manifest = kind.build_cache(p.teacher, p.data, recipe, path, settings, rebuild=rebuild, progress=progress)
     return path, manifest
 
 

@@ -95,11 +95,33 @@ def topk_kl_loss(
     if ids.shape[-1] >= z.shape[-1]:  # no tail left (k = V): the bucket is empty for both, whatever rounding left
         tail_term = torch.zeros_like(lse)  # in `rest` (and a logsumexp over nothing would give NaN gradients)
     else:
-        tail = z.scatter(-1, ids, -math.inf)  # the student's logits outside the cached ids
-        log_rs = torch.logsumexp(tail, -1) - lse  # (...) log of the student's leftover mass
-        tail_term = plogp_ratio(log_r, log_rs)
+        tail_term = plogp_ratio(log_r, _student_log_rest(z, ids, lse, log_q))
     per_row = plogp_ratio(log_p, log_q).sum(-1) + tail_term
     return temperature**2 * mean_rows(per_row, mask)
+
+
+FAST_REST = 0.05  # a student leftover above this is computed as 1 - (top-k mass): well conditioned in float32
+
+
+def _student_log_rest(z: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """log of the student's mass outside the cached ids, `(...)`. Where it exceeds `FAST_REST` (most positions of a
+    student that is not yet sure of itself) as `log(1 - sum_i q_i)` from the k gathered log-probs — no extra
+    `(..., V)` pass, forward or backward; in float32 its error there is ~1e-6 absolute, < 3e-5 relative. Elsewhere (a peaked student,
+    where 1 - sum would cancel) exactly, as the logsumexp of the other logits, on those positions only."""
+    log_top = torch.logsumexp(log_q, -1)  # log of the student's top-k mass
+    fast = log_top < math.log1p(-FAST_REST)
+    # the unused branch gets a harmless input, so no NaN/inf gradient flows through torch.where
+    log_rest = torch.log(-torch.expm1(torch.where(fast, log_top, torch.full_like(log_top, -1.0))))
+    if bool(fast.all()):
+        return log_rest
+    if 2 * int(fast.sum()) < fast.numel():  # mostly peaked: the exact form on every position, no row gathering
+        exact = torch.logsumexp(z.scatter(-1, ids, -math.inf), -1) - lse
+        return torch.where(fast, log_rest, exact)
+    slow = (~fast).reshape(-1).nonzero().squeeze(1)
+    v, k = z.shape[-1], ids.shape[-1]
+    tail = z.reshape(-1, v)[slow].scatter(-1, ids.reshape(-1, k)[slow], -math.inf)  # logits outside the cached ids
+    exact = torch.logsumexp(tail, -1) - lse.reshape(-1)[slow]
+    return log_rest.reshape(-1).index_put((slow,), exact).reshape(log_rest.shape)
 
 
 def sampled_ce_loss(

@@ -17,6 +17,7 @@ from . import (  # noqa: F401
     ensemble,
     fitnet,
     kd,
+    lm_cached,
     lm_kd,
     pkt,
     rkd,

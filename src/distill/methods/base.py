@@ -42,14 +42,19 @@ class Method(nn.Module):
     # The `distill` recipe keys this method's loss reads. A key the user wrote that is not here is refused by
     # `check_distill` (it would be silently ignored); defaults nobody wrote are never an error.
     uses: ClassVar[frozenset[str]] = frozenset({"temperature", "alpha"})
-    # The models it works on: "any" (tensor or keyword inputs, logits out: image classifiers, HF classifiers, LMs) or
-    # "hf-encoder" (Hugging Face encoders called with output_hidden_states, e.g. for hidden-state or embedding terms).
+    # The models it works on: "any" (tensor or keyword inputs, logits out: image classifiers, HF classifiers, LMs),
+    # "hf-encoder" (Hugging Face encoders called with output_hidden_states, e.g. for hidden-state or embedding terms)
+    # or "causal-lm" (causal-LM students only, e.g. learning from an LLM logit cache).
     models: ClassVar[str] = "any"
     # Gradient accumulation (`train.grad_accum`) weights each micro-batch by `units`; a method whose loss is not a mean
     # over those rows says why here (relations within a batch, a memory bank updated per micro-batch) ...
     accumulation_caveat: ClassVar[str | None] = None
     # ... or sets this when terms over hidden states average over tokens while `units` counts examples
     token_features: ClassVar[bool] = False
+    # What it reads from its teacher source: "logits" (a live teacher, a classifier cache: `teacher(batch)`) or
+    # "lm-cache" (an LLM logit cache's sparse next-token entries, `teacher.entries(batch)`: `lm_cached`). The task
+    # kind opening `distill.cache` refuses a cache the method cannot read, and a missing one it needs.
+    teacher_outputs: ClassVar[str] = "logits"
 
     def __init__(
         self,
