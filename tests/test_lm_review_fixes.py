@@ -1,7 +1,7 @@
 """Review fixes from issue 10, each with the case that was wrong: completions scored with the positions `generate`
 gave them (GPT-2, absolute positions, left-padded prompts); greedy generations cut at an EOS given as a list; a
 teacher-answers store that ignores the seed under greedy decoding; the MiniLM memo keyed by the files, not the path;
-tied weights stored once and tied again on load."""
+tied weights stored once (saved weights and exports) and tied again on load."""
 
 from __future__ import annotations
 
