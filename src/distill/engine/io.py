@@ -14,35 +14,13 @@ from safetensors.torch import save, save_file
 from torch import nn
 
 from ..errors import DistillError
+from ..files import unique_tensors, with_aliases
 
 
 def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The state dict on CPU, contiguous, each tensor stored once, and its aliases. A name whose tensor is the very
-    same view as an earlier name's (tied input and output embeddings of a language model) is not stored again: it
-    is an alias `{name: kept name}` written into the safetensors metadata, the convention of safetensors'
-    `save_model`, and `read_state_dict` sets both names again. A tensor only partly overlapping another one is copied
-    (safetensors refuses shared memory)."""
-    out: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    views: dict[tuple, str] = {}  # (device, storage, offset, shape, stride, dtype) -> the name stored
-    stored: set[int] = set()  # storages of the tensors written
-    for k, v in model.state_dict().items():
-        v = v.detach()
-        view = ((v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride(), v.dtype)
-                if v.numel() else None)
-        if view is not None and view in views:
-            aliases[k] = views[view]
-            continue
-        t = v.contiguous().cpu()
-        ptr = t.untyped_storage().data_ptr() if t.numel() else None
-        if ptr is not None and ptr in stored:
-            t = t.clone()
-            ptr = t.untyped_storage().data_ptr()
-        if view is not None:
-            views[view] = k
-            stored.add(ptr)
-        out[k] = t
-    return out, aliases
+    """The state dict on CPU, contiguous, each tensor once, plus its aliases (`files.unique_tensors`): tied input and
+    output embeddings are written once and tied again on read."""
+    return unique_tensors(model.state_dict())
 
 
 def state_bytes(model: nn.Module) -> bytes:
@@ -71,16 +49,13 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file plus its aliases: a metadata entry `{name: stored name}` for a name that
-    holds no tensor (tied weights written once, by `save_weights` or safetensors' `save_model`) gives that name the
-    stored tensor. Files with every tensor written out (older artifacts) read as before."""
+    """The tensors of a safetensors file, each alias in its metadata (`files.unique_tensors`: tied weights written
+    once, by `save_weights`, `distill export` or safetensors' `save_model`) set to the stored tensor it names. Files
+    with every tensor written out (older artifacts) read as before."""
     with safe_open(str(path), framework="pt") as fh:
         state = {k: fh.get_tensor(k) for k in fh.keys()}
         metadata = fh.metadata() or {}
-    for name, kept in metadata.items():
-        if name not in state and kept in state:
-            state[name] = state[kept]
-    return state
+    return with_aliases(state, metadata)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
