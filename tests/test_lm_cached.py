@@ -307,3 +307,82 @@ def test_the_python_api_trains_from_a_cache_source(tmp_path) -> None:
     assert d.method.teacher is source
     after = kl_to_teacher()
     assert after < 0.8 * before, (before, after)
+
+
+def test_review_fixes_identity_shift_soft_scale_and_rollback(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """(1) A teacher loaded from a file and then given other weights is identified by its weights, not the file;
+    (2) lm_cached always scores next tokens, also for a student module `is_causal_lm` does not recognise, and logs its
+    soft term without T², as lm_kd; (3) an interrupt between the two renames of a rebuild puts the old cache back."""
+    from lm_fixtures import WordTokenizer, tiny_llama, token_sequences
+
+    from distill.engine.io import load_weights, save_weights
+    from distill.teachers import lm_cache_build
+
+    teacher = tiny_llama(seed=0, layers=1)
+    save_weights(tiny_llama(seed=5, layers=1), tmp_path / "other.safetensors")
+    teacher.distill_source = {"path": str(tmp_path / "other.safetensors")}  # as load_causal_lm marks a file
+    before = teacher_identity(teacher)["teacher_sha256"]
+    load_weights(teacher, tmp_path / "other.safetensors")
+    assert teacher_identity(teacher)["teacher_sha256"] != before  # now the state dict's fingerprint
+
+    class Plain(torch.nn.Module):  # a user's LM: input_ids -> (B, T, V) logits, no HF markers
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = tiny_llama(seed=3, layers=1)
+
+        def forward(self, input_ids, attention_mask=None):  # noqa: ANN001, ANN201
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    seqs = token_sequences(4)
+    cache = build_lm_cache(teacher, seqs, tmp_path / "t", identity=teacher_identity(teacher, WordTokenizer()),
+                           form="topk", k=8)
+    cb = cache.batch([0, 1, 2, 3])
+    batch = {"input_ids": cb["input_ids"], "attention_mask": cb["attention_mask"], "index": torch.arange(4),
+             "labels": cb["input_ids"].masked_fill(cb["attention_mask"] == 0, -100)}
+    method = build_method("lm_cached", Plain(), LMCacheSource(cache), temperature=2.0, alpha=0.0)
+    out = method(batch)
+    logits = method.student(batch["input_ids"], batch["attention_mask"])
+    nxt = next_token_labels(batch)
+    want = torch.nn.functional.cross_entropy(logits[nxt != -100], nxt[nxt != -100])
+    assert out["hard"].item() == pytest.approx(want.item(), rel=1e-5)
+    method.alpha = 1.0
+    out = method(batch)
+    assert out["soft"].item() == pytest.approx(out["loss"].item() / 4.0, rel=1e-5)  # the loss carries T² = 4
+
+    out_dir = tmp_path / "cache"
+    lm_cache_build.build_lm_cache_dir(teacher, seqs, out_dir, form="topk", k=8)
+    first = sorted(p.name for p in out_dir.iterdir())
+    real_replace = lm_cache_build.os.replace
+
+    def replace(src, dst):  # noqa: ANN001, ANN202 - dies right after moving the old cache aside
+        real_replace(src, dst)
+        if Path(src) == out_dir:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(lm_cache_build.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        lm_cache_build.build_lm_cache_dir(teacher, seqs, out_dir, form="topk", k=4, rebuild=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out_dir.iterdir()) == first
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_a_full_vocabulary_topk_cache_trains_like_the_live_teacher(tmp_path, temperature: float) -> None:
+    """k = V: the cache keeps the teacher's whole distribution, so lm_cached's loss is lm_kd's forward KL with the live
+    teacher (same T², same next-token positions, same hard term), left and right padding alike."""
+    from lm_fixtures import LM_VOCAB, WordTokenizer, tiny_llama, token_sequences
+
+    from distill.teachers import LiveTeacher
+
+    teacher, student = tiny_llama(seed=0, layers=2), tiny_llama(seed=3, layers=1)
+    identity = teacher_identity(teacher, WordTokenizer())
+    cache = build_lm_cache(teacher, token_sequences(4), tmp_path / "v", identity=identity,
+                           form="topk", k=LM_VOCAB)  # stored at T = 1; the loss applies T
+    cb = cache.batch([0, 1, 2, 3])
+    batch = {"input_ids": cb["input_ids"], "attention_mask": cb["attention_mask"], "index": torch.arange(4),
+             "labels": cb["input_ids"].masked_fill(cb["attention_mask"] == 0, -100)}
+    cached = build_method("lm_cached", student, LMCacheSource(cache), temperature=temperature, alpha=0.5)(batch)
+    live = build_method("lm_kd", student, LiveTeacher(teacher, tune=False), temperature=temperature, alpha=0.5,
+                        options={"head": "logits"})(batch)
+    assert cached["loss"].item() == pytest.approx(live["loss"].item(), rel=1e-5)

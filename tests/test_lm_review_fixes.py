@@ -198,3 +198,13 @@ def test_exporting_a_tied_model_writes_it_once_and_reads_back_tied(tmp_path) -> 
     assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
     ids = torch.tensor([[5, 1500, 7, 1999]])
     torch.testing.assert_close(fresh(input_ids=ids).logits, model(input_ids=ids).logits, atol=0, rtol=0)
+
+
+def test_only_our_alias_entry_is_read_as_tied_weights(tmp_path) -> None:
+    """A third-party safetensors header entry whose value happens to name a tensor is not an alias."""
+    from safetensors.torch import save_file
+
+    from distill.engine.io import read_state_dict
+
+    save_file({"w": torch.ones(2)}, tmp_path / "x.safetensors", metadata={"note": "w"})
+    assert sorted(read_state_dict(tmp_path / "x.safetensors")) == ["w"]

@@ -24,8 +24,7 @@ def write_json_atomic(path: Path, doc: Any) -> None:
 def unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """`(tensors, aliases)` to write a state dict as safetensors: the tensors on CPU, contiguous, each stored once.
     A name whose tensor is the very same view as an earlier name's (tied input and output embeddings of a language
-    model) is not stored again but listed in `aliases` `{name: stored name}`, for the file's metadata (the convention
-    of safetensors' own `save_model`); `with_aliases` sets it again on read. A tensor only partly overlapping another
+    model) is not stored again but listed in `aliases` `{name: stored name}`, for the file's metadata (`alias_metadata`); `with_aliases` sets it again on read. A tensor only partly overlapping another
     is copied (safetensors refuses shared memory)."""
     out: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
@@ -50,10 +49,22 @@ def unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     return out, aliases
 
 
+ALIASES_KEY = "distill_aliases"  # safetensors header entry: JSON {name: stored name} of tied tensors written once
+
+
+def alias_metadata(aliases: dict[str, str]) -> dict[str, str]:
+    """The header entry recording `unique_tensors`' aliases (empty when there are none)."""
+    return {ALIASES_KEY: json.dumps(aliases, sort_keys=True)} if aliases else {}
+
+
 def with_aliases(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, torch.Tensor]:
-    """`state` plus every alias in a safetensors file's `metadata` (`{name: stored name}` for a name holding no
-    tensor, see `unique_tensors`) bound to the tensor it names; other metadata entries are left alone."""
-    for name, kept in metadata.items():
+    """`state` plus every alias recorded in a safetensors file's `metadata` under `ALIASES_KEY` (see
+    `unique_tensors`), bound to the tensor it names. Other metadata entries are never read as aliases."""
+    try:
+        aliases = json.loads(metadata.get(ALIASES_KEY) or "{}")
+    except json.JSONDecodeError:
+        aliases = {}
+    for name, kept in (aliases.items() if isinstance(aliases, dict) else ()):
         if name not in state and kept in state:
             state[name] = state[kept]
     return state

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..batch import logits_of
 from ..errors import DistillError
-from ..files import unique_tensors
+from ..files import alias_metadata, unique_tensors
 from ._optional import require
 
 METADATA_KEY = "distill"
@@ -56,7 +56,7 @@ def save_safetensors(model: nn.Module, path: str | Path, metadata: Mapping[str, 
     weights are written once, their other names recorded as aliases in the header (`files.unique_tensors`; the
     readers, `engine.io.read_state_dict`, tie them again)."""
     tensors, aliases = unique_tensors(model.state_dict())
-    header = {**aliases, METADATA_KEY: json.dumps(metadata, sort_keys=True)}
+    header = {**alias_metadata(aliases), METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 

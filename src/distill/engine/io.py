@@ -14,7 +14,7 @@ from safetensors.torch import save, save_file
 from torch import nn
 
 from ..errors import DistillError
-from ..files import unique_tensors, with_aliases
+from ..files import alias_metadata, unique_tensors, with_aliases
 
 
 def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -26,7 +26,7 @@ def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]
 def state_bytes(model: nn.Module) -> bytes:
     """The model's state dict serialised as safetensors, as `save_weights` writes it (its on-disk size is `len()`)."""
     tensors, aliases = _tensors(model)
-    return save(tensors, metadata=aliases or None)
+    return save(tensors, metadata=alias_metadata(aliases) or None)
 
 
 def save_weights(model: nn.Module, path: str | Path) -> Path:
@@ -38,7 +38,7 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=aliases or None)
+        save_file(tensors, tmp, metadata=alias_metadata(aliases) or None)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -97,4 +97,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         raise DistillError(
             f"weights {str(Path(path))!r} do not fit the model ({detail}); check the model name and kwargs"
         ) from None
+    if getattr(model, "distill_source", None) is not None:
+        # no longer the file it was loaded from: caches then identify it by its weights, not by that file's hash
+        model.distill_source = None
     return model

@@ -6,7 +6,7 @@ L_cache is the cache form's loss from `distill.losses.cached_lm`, already × T²
 cached ids plus one bucket for the leftover mass (`topk_kl_loss`), for a `sampled` cache the importance-weighted
 cross-entropy against the teacher's samples (`sampled_ce_loss`, random-sampling KD: an unbiased estimate of
 CE(teacher, student), so its gradient is forward KL's; the logged `soft` subtracts the cached teacher entropy to show
-the KL estimate). The hard term and the weighting are `lm_kd`'s, so `lm_cached` on a cache is `lm_kd` with
+the KL estimate, divided by T² as `lm_kd` logs its divergence). The hard term and the weighting are `lm_kd`'s, so `lm_cached` on a cache is `lm_kd` with
 `divergence: forward_kl` on the live teacher, up to what the cache keeps.
 
 The cache is the run's teacher source: `distill cache RECIPE` builds it over the training split and `distill.cache`
@@ -66,7 +66,14 @@ class LMCached(Method):
         else:
             hard = chunked_cross_entropy(student, labels, mask=mask, chunk_size=chunk)
         loss = self.alpha * soft + (1.0 - self.alpha) * hard
-        return {"loss": loss, "soft": kl.detach(), "hard": hard.detach()}
+        # logged as lm_kd logs its soft term: the divergence itself, without the T² the loss carries
+        return {"loss": loss, "soft": kl.detach() / self.temperature**2, "hard": hard.detach()}
+
+    def prepare_batch(self, batch: Any) -> Any:
+        """Always the next-token shift: a cache holds next-token predictions, so the student is scored as a causal LM
+        even when it is a module of the user's that `batch.is_causal_lm` does not recognise."""
+        self._causal = True
+        return super().prepare_batch(batch)
 
     @classmethod
     def check(cls, student: nn.Module, teacher: nn.Module, example_batch: Any, options: dict[str, Any], *,

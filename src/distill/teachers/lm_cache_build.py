@@ -162,10 +162,18 @@ def build_lm_cache_dir(
         else:
             os.replace(tmp, out)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _roll_back(tmp, old, out)
         raise DistillError(f"writing the logit cache {str(out)!r} failed ({exc.strerror or exc}); nothing was "
                            "replaced — free disk space or choose another --out") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _roll_back(tmp, old, out)
         raise
     return {**read_lm_manifest(out), "up_to_date": False}
+
+
+def _roll_back(tmp: Path, old: Path, out: Path) -> None:
+    """After a failed or interrupted build: drop the partial cache, and put the old one back if it was moved aside
+    (an interrupt between the two renames)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old.exists() and not out.exists():
+        os.replace(old, out)
