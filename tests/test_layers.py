@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("methods",),
     ("engine",),
     ("report",),  # reads only run artifacts
-    ("recipe", "run_dir", "pipeline", "tasks", "task_kinds", "deploy", "tune", "tune_space", "seeds", "variants"),  # recipe orchestration
+    ("recipe", "run_dir", "pipeline", "tasks", "task_kind_base", "task_kind_lm", "task_kinds", "deploy", "tune", "tune_space", "seeds", "variants"),  # recipe orchestration
     ("api", "cli", "hf", "__main__", ""),  # surfaces; "" is the package's own __init__
 ]
 

@@ -24,7 +24,8 @@ from distill.pipeline import prepare  # noqa: E402
 from distill.recipe import load_recipe  # noqa: E402
 from distill.task_kinds import data_loader  # noqa: E402
 from distill.tasks import build_recipe_cache  # noqa: E402
-from distill.teachers.lm_cache import LMCacheSource, LMLogitCache, build_lm_cache, teacher_identity  # noqa: E402
+from distill.teachers.lm_cache import LMLogitCache, build_lm_cache, teacher_identity  # noqa: E402
+from distill.teachers.lm_cache_source import LMCacheSource  # noqa: E402
 
 
 def _cached_recipe(tmp_path: Path, teacher: Path, answers: Path, **distill) -> Path:

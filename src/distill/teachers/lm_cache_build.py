@@ -21,7 +21,8 @@ import torch
 
 from ..errors import DistillError
 from ..files import write_json_atomic
-from .lm_cache import FILE, FORMS, MANIFEST, LMLogitCache, build_lm_cache, read_lm_manifest, sequences_sha256, teacher_identity
+from .lm_cache import FILE, FORMS, MANIFEST, LMLogitCache, build_lm_cache, read_lm_manifest, teacher_identity
+from .lm_cache_source import sequences_sha256
 from .lm_fidelity import cache_fidelity
 
 KNOWN_FILES = {FILE, MANIFEST, f".{FILE}.tmp", f".{MANIFEST}.tmp"}
