@@ -208,3 +208,18 @@ def test_only_our_alias_entry_is_read_as_tied_weights(tmp_path) -> None:
 
     save_file({"w": torch.ones(2)}, tmp_path / "x.safetensors", metadata={"note": "w"})
     assert sorted(read_state_dict(tmp_path / "x.safetensors")) == ["w"]
+
+
+def test_greedy_generations_cut_at_the_tokenizers_and_the_configs_eos_alike() -> None:
+    """A tokenizer naming one EOS and a generation config listing others: every one of them ends a generation."""
+    from distill.engine.lm_eval import greedy_generations
+
+    class Tok:
+        eos_token_id = 9
+
+        def decode(self, ids, skip_special_tokens=True):  # noqa: ANN001, ANN201
+            return ids
+
+    model = FixedGenerator([[5, 3, 7, 2, 9], [6, 7, 2, 3, 4], [8, 9, 9, 9, 9]], [3])
+    got = greedy_generations(model, [[11, 12], [13], [14, 15, 16]], max_new_tokens=5, pad=0, tokenizer=Tok())
+    assert got == [[5, 3], [6, 7, 2, 3], [8, 9]] and model.seen_eos == [3, 9]

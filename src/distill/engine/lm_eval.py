@@ -39,18 +39,18 @@ def _eos_ids(eos: Any) -> set[int]:
 @torch.inference_mode()
 def greedy_generations(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad: int,
                        tokenizer: Any = None) -> list[Any]:
-    """Greedy continuations of `prompts` (token ids), cut after the first end-of-sequence token (the tokenizer's,
-    else the model's generation config's or config's `eos_token_id`: an int or a list of ids): decoded text when a
+    """Greedy continuations of `prompts` (token ids), cut after the first end-of-sequence token (any id the tokenizer's,
+    the model's generation config's or config's `eos_token_id` names: each an int or a list of ids): decoded text when a
     `tokenizer` is given, else the new token ids."""
     if not prompts:
         return []
     was_training = model.training
     model.eval()
-    eos = getattr(tokenizer, "eos_token_id", None)
-    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        if eos is None:
-            eos = getattr(source, "eos_token_id", None)
-    eos_ids = _eos_ids(eos)
+    # every end-of-sequence id any of them names (a chat model's generation config often lists several)
+    eos_ids = set().union(*(_eos_ids(getattr(source, "eos_token_id", None)) for source in
+                            (tokenizer, getattr(model, "generation_config", None), getattr(model, "config", None))))
+    eos = sorted(eos_ids)
+    eos = eos[0] if len(eos) == 1 else (eos or None)
     try:
         ids, mask = _left_padded(prompts, pad)
         out = model.generate(input_ids=ids.to(_device(model)), attention_mask=mask.to(_device(model)),
