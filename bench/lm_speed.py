@@ -4,7 +4,8 @@ process (A/B interleaved, median of repeats), so a loaded machine slows both ali
     PYTHONPATH=src HF_HUB_OFFLINE=1 nice -n 10 python bench/lm_speed.py [--repeats 3] [--threads 1]
 
 Teacher: SmolLM2-135M-Instruct (float32, de-quantised GGUF). Students: `causal_lm_student(teacher)` (from scratch,
-28.3M) and `init="layers"` (every other decoder layer, 81M). Forward: batch 4 x 128 tokens. Generation: batch 1,
+28.3M), `init="layers"` (every other decoder layer, 81M) and `init="layers", layers=[0]` (`block0`: the smollm2
+recipe's student, the embedding + decoder block 0, 31.9M). Forward: batch 4 x 128 tokens. Generation: batch 1,
 a chat-formatted packaged prompt, 32 new tokens (EOS ignored so all are made), KV cache on. Also the teacher's load
 time. Prints one JSON line. Not run by CI.
 """
@@ -34,7 +35,8 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     tok = teacher.distill_tokenizer
     models = {"teacher": teacher, "scratch": causal_lm_student(teacher).eval(),
-              "layers": causal_lm_student(teacher, init="layers").eval()}
+              "layers": causal_lm_student(teacher, init="layers").eval(),
+              "block0": causal_lm_student(teacher, init="layers", layers=[0]).eval()}
     x = torch.randint(0, teacher.config.vocab_size, (4, 128), generator=torch.Generator().manual_seed(0))
     text = tok.apply_chat_template([{"role": "user", "content": load_prompts()[0]}], tokenize=False,
                                    add_generation_prompt=True)
@@ -57,7 +59,7 @@ def main() -> None:
     for name in models:
         out[f"{name}_forward_tok_s"] = round(statistics.median(fwd[name]), 1)
         out[f"{name}_generate_tok_s"] = round(statistics.median(gen[name]), 2)
-    for name in ("scratch", "layers"):
+    for name in ("scratch", "layers", "block0"):
         out[f"{name}_vs_teacher_forward"] = round(out[f"{name}_forward_tok_s"] / out["teacher_forward_tok_s"], 2)
         out[f"{name}_vs_teacher_generate"] = round(out[f"{name}_generate_tok_s"] / out["teacher_generate_tok_s"], 2)
     print(json.dumps(out))

@@ -79,6 +79,30 @@ def test_default_student_is_at_most_a_quarter_of_smollm2() -> None:
     assert count_params(student) <= count_params(teacher) / 4  # 28.3M, 21%
 
 
+def test_smollm2_recipe_student_is_a_teacher_subset_of_at_most_a_quarter() -> None:
+    """The shipped recipe's student (its `student.kwargs`), built on the meta device from SmolLM2-135M's
+    configuration: the teacher's own embedding / tied head, final norm and decoder layer(s), ≤ ¼ of its parameters."""
+    from pathlib import Path
+
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    recipe = Path(__file__).resolve().parents[1] / "src" / "distill" / "recipes" / "smollm2.yaml"
+    kwargs = yaml.safe_load(recipe.read_text())["student"]["kwargs"]
+    assert kwargs["init"] == "layers"
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
+    with torch.device("meta"):
+        teacher = LlamaForCausalLM(config)
+        student = causal_lm_student(teacher, **kwargs)
+    assert student.config.num_hidden_layers == len(kwargs["layers"]) >= 1
+    assert student.lm_head.weight is student.model.embed_tokens.weight  # tied, as the teacher's
+    assert count_params(student) == 31_852_224 <= count_params(teacher) / 4  # 23.7%: the embedding + 1 block
+    with torch.device("meta"):  # one more block would not fit
+        two = causal_lm_student(teacher, init="layers", layers=[0, 1])
+    assert count_params(two) > count_params(teacher) / 4
+
+
 def test_bad_paths_and_files_are_one_line_errors(tmp_path) -> None:
     cases = {
         tmp_path / "nowhere": "does not exist",

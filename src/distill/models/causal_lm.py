@@ -170,7 +170,8 @@ def causal_lm_student(
     `intermediate_size` replaced, randomly initialised under `seed` (None, the default: from the global RNG, so
     a run's `train.seeds` give different initial weights, as for every other model; defaults: 28.3M parameters for SmolLM2's
     49,152-token vocabulary, 21% of the teacher). `init="layers"`: the teacher's config with its decoder layers
-    `layers` (default every other: student layer i = teacher layer 2i), embeddings, final norm and head copied."""
+    `layers` (default every other: student layer i = teacher layer 2i), embeddings, final norm and head copied
+    (SmolLM2: 81M by default; `layers=[0]`, the `smollm2` recipe's student, 31.9M = 23.7%)."""
     config = getattr(teacher, "config", None)
     if config is None or not hasattr(config, "vocab_size"):
         raise DistillError(f"a causal-LM student needs a Hugging Face teacher with a config, not {type(teacher).__name__}")
