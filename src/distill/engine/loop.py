@@ -3,6 +3,8 @@
 `fit(method, loader, train_cfg, accelerator=...)` trains whatever `method` owns (student + projectors). The teacher is
 a source held outside the module tree: it is moved to the device but never prepared, wrapped or optimised.
 A step whose loss or gradient is NaN/Inf is skipped (no update) and counted; too many in a row abort the run.
+With `train.grad_accum` k a step is a window of k micro-batches, each weighted by the rows its loss averages over
+(`Method.units`), so the update is that of one batch k times as large (see `_fit`).
 With a `Checkpointer`, state is saved every `train.checkpoint_every` steps and at the end of the phase, and a resumed
 phase continues exactly where its newest complete checkpoint left off (same weights, optimizer, scheduler, RNG
 states and data order), or is not retrained at all if it had finished.
