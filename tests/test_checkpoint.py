@@ -112,3 +112,26 @@ def test_corrupt_manifest_is_one_clear_line(tmp_path):
     with pytest.raises(DistillError, match="corrupt manifest") as err:
         load_checkpoint(path)
     assert "\n" not in str(err.value)
+
+
+def test_tied_weights_are_written_once_and_restored_tied(tmp_path):
+    """A model whose output head shares the embedding's weight (a tied LM): the checkpoint stores it once, and the
+    restored state has both names, so a strict load into a fresh tied model gives the same weights, still tied."""
+    from safetensors import safe_open
+
+    def tied() -> torch.nn.Module:
+        m = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50, bias=False))
+        m[1].weight = m[0].weight
+        return m
+
+    torch.manual_seed(0)
+    model = tied()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    path = Checkpointer(tmp_path, every=1).save(phase="p", step=1, done=False, model=model, optimizer=opt,
+                                                 scheduler=sched, position={"epoch": 0, "batch": 1})
+    with safe_open(str(path / "model.safetensors"), framework="pt") as fh:
+        assert len(list(fh.keys())) == 1
+    fresh = tied()
+    fresh.load_state_dict(load_checkpoint(path).model_state())
+    assert torch.equal(fresh[0].weight, model[0].weight) and fresh[1].weight is fresh[0].weight

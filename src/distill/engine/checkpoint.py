@@ -31,9 +31,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import DistillError, DistillWarning
+from ..files import alias_metadata, unique_tensors, with_aliases
 from .state import (
     b64,
     join_optimizer_state,
@@ -116,7 +117,8 @@ class Checkpoint:
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            return with_aliases({k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
         raise DistillError(f"checkpoint file {str(path)!r} is unreadable ({exc}); delete that checkpoint") from None
 
@@ -252,9 +254,9 @@ class Checkpointer:
         tmp = self.directory / f".tmp-{name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        # clone: tied weights share storage, which safetensors refuses to write
-        weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
+        # tied weights (shared storage, which safetensors refuses) are written once, their other names as aliases
+        weights, aliases = unique_tensors(model.state_dict())
+        save_file(weights, str(tmp / "model.safetensors"), metadata=alias_metadata(aliases) or None)
         _fsync_file(tmp / "model.safetensors")
         _fault("model", n)
         opt_tensors, opt_plain = split_optimizer_state(optimizer.state_dict())
