@@ -63,3 +63,19 @@ class LMDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
+
+
+class RaggedLM(torch.utils.data.Dataset):
+    """LMDataset rows cut to different lengths (5..10 tokens), unpadded (a collator pads them)."""
+
+    def __init__(self, n: int = 8) -> None:
+        base = LMDataset(n)
+        g = torch.Generator().manual_seed(4)
+        lengths = torch.randint(5, 11, (n,), generator=g).tolist()
+        self.rows = [{k: v[:length] for k, v in base[i].items()} for i, length in enumerate(lengths)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]

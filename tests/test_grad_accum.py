@@ -60,27 +60,11 @@ def test_classifier_window_equals_one_big_batch_also_a_short_last_window() -> No
 
 pytest.importorskip("transformers")
 from hf_models import collate  # noqa: E402
-from lm_models import LMDataset, tiny_llama  # noqa: E402
-
-
-class _RaggedLM(torch.utils.data.Dataset):
-    """LMDataset rows (3-token prompt, labels -100 there) cut to 5..10 tokens, unpadded (the collator pads)."""
-
-    def __init__(self, n: int = 16) -> None:
-        base = LMDataset(n)
-        g = torch.Generator().manual_seed(4)
-        lengths = torch.randint(5, 11, (n,), generator=g).tolist()
-        self.rows = [{k: v[:length] for k, v in base[i].items()} for i, length in enumerate(lengths)]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
+from lm_models import RaggedLM, tiny_llama  # noqa: E402
 
 
 def _lm_loader(batch_size: int) -> DataLoader:
-    return DataLoader(_RaggedLM(), batch_size=batch_size, shuffle=True, collate_fn=collate,
+    return DataLoader(RaggedLM(16), batch_size=batch_size, shuffle=True, collate_fn=collate,
                       generator=torch.Generator().manual_seed(0))
 
 

@@ -16,7 +16,7 @@ from distill.methods.lm_kd import check_vocabulary
 from distill.teachers import LiveTeacher
 
 pytest.importorskip("transformers")
-from lm_models import LMDataset, lm_batch, pad_lm, tiny_llama  # noqa: E402
+from lm_models import LMDataset, RaggedLM, lm_batch, pad_lm, tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -320,22 +320,6 @@ def test_hf_trainer_with_lm_kd_trains_and_evaluates(tmp_path) -> None:
     trainer.train()
     scores = trainer.evaluate()
     assert torch.isfinite(torch.tensor(scores["eval_loss"]))
-
-
-class RaggedLM(torch.utils.data.Dataset):
-    """LMDataset rows cut to different lengths (5..10 tokens), unpadded (a collator pads them)."""
-
-    def __init__(self, n: int = 8) -> None:
-        base = LMDataset(n)
-        g = torch.Generator().manual_seed(4)
-        lengths = torch.randint(5, 11, (n,), generator=g).tolist()
-        self.rows = [{k: v[:length] for k, v in base[i].items()} for i, length in enumerate(lengths)]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
 
 
 def test_hf_gradient_accumulation_gives_the_update_of_one_big_batch(tmp_path) -> None:
